@@ -1,0 +1,110 @@
+"""Result records: one versioned JSON file per run, written atomically, validated on read."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_VERSION = 1
+
+_NUM = {"type": ["number", "null"]}
+_OK_METRICS = {"type": "object", "required": ["accuracy_mean", "accuracy_ci95", "test_episodes"],
+               "properties": {"accuracy_mean": {"type": "number", "minimum": 0, "maximum": 1},
+                              "accuracy_ci95": {"type": "number", "minimum": 0},
+                              "test_episodes": {"type": "integer", "minimum": 1}}}
+
+RECORD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "metabench result record",
+    "type": "object",
+    "required": ["schema_version", "run_id", "status", "config", "metrics", "speed", "environment"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "run_id": {"type": "string", "minLength": 1},
+        "status": {"enum": ["ok", "failed"]},
+        "error": {"type": "string"},
+        "failed_plugin": {"type": ["string", "null"]},
+        "config": {
+            "type": "object",
+            "required": ["suite", "dataset", "task_generator", "algorithm", "ways", "shots", "queries",
+                         "train_ways", "train_shots", "train_queries", "seed", "budget", "options"],
+            "properties": {
+                "suite": {"type": "string"}, "dataset": {"type": "string"},
+                "task_generator": {"type": "string"}, "algorithm": {"type": "string"},
+                "ways": {"type": "integer"}, "shots": {"type": "integer"}, "queries": {"type": "integer"},
+                "seed": {"type": "integer"},
+                "budget": {"type": "object", "required": ["steps", "meta_batch", "test_episodes"]},
+                "options": {"type": "object"},
+            },
+        },
+        "metrics": {"type": "object"},
+        "speed": {"type": "object",
+                  "required": ["meta_train_tasks_per_s", "eval_tasks_per_s", "wall_s", "peak_mem_mb"],
+                  "properties": {k: _NUM for k in ("meta_train_tasks_per_s", "eval_tasks_per_s",
+                                                   "wall_s", "peak_mem_mb")}},
+        "environment": {"type": "object", "required": ["metabench", "python", "torch", "device"]},
+    },
+    "if": {"properties": {"status": {"const": "ok"}}},
+    "then": {"properties": {"metrics": _OK_METRICS}},
+    "else": {"required": ["error"]},
+}
+
+_VALIDATOR = jsonschema.Draft202012Validator(RECORD_SCHEMA)
+
+
+class RecordError(ValueError):
+    """A record file that cannot be used; the message names the file and the reason."""
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Validate ``record`` and write it to ``path`` atomically (temporary file in the same folder, fsync,
+    rename): a reader sees the old file or the whole new one, never a part."""
+    validate(record, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate(record: Any, where: str) -> dict[str, Any]:
+    """Return ``record`` if it matches the schema, else raise :class:`RecordError` naming ``where``."""
+    if isinstance(record, dict) and record.get("schema_version") not in (SCHEMA_VERSION, None):
+        raise RecordError(f"{where}: schema_version {record.get('schema_version')!r} is not supported "
+                          f"(this metabench reads version {SCHEMA_VERSION}); re-run the suite to refresh it")
+    err = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(record))
+    if err is not None:
+        at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise RecordError(f"{where}: invalid record at {at}: {err.message}")
+    return record
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Load and validate one record file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc}); the file is corrupt or truncated") from None
+    return validate(data, str(path))
+
+
+def load_records(root: Path) -> tuple[list[dict[str, Any]], list[RecordError]]:
+    """Every valid record under ``root`` (recursively, sorted by path) and the errors of the others."""
+    records, errors = [], []
+    for path in sorted(Path(root).rglob("*.json")):
+        try:
+            records.append(read_record(path))
+        except RecordError as exc:
+            errors.append(exc)
+    return records, errors

@@ -1,0 +1,249 @@
+"""Runs a suite: for each run identity, dataset -> task generator -> algorithm -> evaluation -> record.
+
+A run that fails (a plugin raises, returns garbage or a non-finite loss, a dataset is missing) gets a
+``failed`` record naming the plugin; the other runs go on. A run whose ``ok`` record exists is skipped
+unless ``force``, so an interrupted suite resumes where it stopped.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from metabench import environment
+from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, PluginError, RunContext,
+                                 TaskGenerator)
+from metabench.evaluation import evaluate, fixed_episode_indices, mean_ci95
+from metabench.progress import progress
+from metabench.records import SCHEMA_VERSION, RecordError, read_record, write_record
+from metabench.registry import Registry
+from metabench.seeding import derive_seed, make_generator
+from metabench.suite import RunSpec, Suite
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run."""
+
+    run_id: str
+    status: str  # ok, failed or skipped
+    path: Path
+    error: str | None = None
+    record: dict[str, Any] | None = None
+
+
+@dataclass
+class Settings:
+    """Where a suite reads and writes, and on what device it runs."""
+
+    results: Path
+    data_root: Path
+    cache_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    force: bool = False
+
+
+def check_suite_plugins(suite: Suite, registry: Registry) -> None:
+    """Fail early (before any run) if the suite names an unknown plugin or an unknown option."""
+    for kind, names in (("dataset", suite.datasets), ("task_generator", suite.task_generators),
+                        ("algorithm", suite.algorithms)):
+        for name in names:
+            info = registry.get(kind, name)
+            info.cls.resolve_options(suite.options.get(name))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class _Stage:
+    """Remembers which plugin is running, so a failure can be blamed on it."""
+
+    def __init__(self) -> None:
+        self.plugin: str | None = None
+
+    def __call__(self, plugin: str) -> "_Stage":
+        self.plugin = plugin
+        return self
+
+    def __enter__(self) -> "_Stage":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.plugin = None  # finished cleanly: a later core error is not this plugin's fault
+        return False
+
+
+class SuiteRunner:
+    """Executes the runs of a suite in this process, one after another."""
+
+    def __init__(self, suite: Suite, registry: Registry, settings: Settings) -> None:
+        self.suite, self.registry, self.settings = suite, registry, settings
+        self.out_dir = settings.results / suite.name
+        self._datasets: dict[str, ImageSet] = {}
+
+    def record_path(self, spec: RunSpec) -> Path:
+        """Where the record of ``spec`` lives."""
+        return self.out_dir / f"{spec.run_id}.json"
+
+    def run_all(self, on_outcome: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+        """Run (or skip) every run of the suite; returns the outcomes in suite order."""
+        check_suite_plugins(self.suite, self.registry)
+        outcomes = []
+        runs = self.suite.runs()
+        for i, spec in enumerate(runs):
+            outcome = self.run_one(spec, label=f"[{i + 1}/{len(runs)}]")
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        return outcomes
+
+    def run_one(self, spec: RunSpec, label: str = "") -> RunOutcome:
+        """Run ``spec`` unless its ``ok`` record exists; always leaves a complete record or none."""
+        path = self.record_path(spec)
+        if path.exists() and not self.settings.force:
+            try:
+                rec = read_record(path)
+                if rec["status"] == "ok":
+                    return RunOutcome(spec.run_id, "skipped", path, record=rec)
+            except RecordError:
+                pass  # a corrupt or foreign record is replaced by a fresh run
+        stage = _Stage()
+        start = time.perf_counter()
+        try:
+            record = self._execute(spec, stage, label)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # any plugin failure becomes a failed record
+            record = self._failed_record(spec, stage.plugin, exc, time.perf_counter() - start)
+        write_record(path, record)
+        return RunOutcome(spec.run_id, record["status"], path, record.get("error"), record)
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _dataset(self, name: str, options: dict[str, Any]) -> ImageSet:
+        key = f"{name}:{sorted(options.items())}"
+        if key not in self._datasets:
+            self._datasets.clear()  # keep one dataset in memory at a time
+            ds = self.registry.get("dataset", name).cls()
+            data = ds.load(DataContext(self.settings.data_root, self.settings.cache_dir, options))
+            if not isinstance(data, ImageSet):
+                raise PluginError(f"{name}: load() must return an ImageSet, got {type(data).__name__}")
+            self._datasets[key] = data
+        return self._datasets[key]
+
+    def _execute(self, spec: RunSpec, stage: _Stage, label: str) -> dict[str, Any]:
+        dev = self.settings.device
+        p, b = spec.protocol, spec.budget
+        wall0 = time.perf_counter()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        gen_info = self.registry.get("task_generator", spec.task_generator)
+        alg_info = self.registry.get("algorithm", spec.algorithm)
+        ds_info = self.registry.get("dataset", spec.dataset)
+        ds_opts = ds_info.cls.resolve_options(spec.options.get(spec.dataset))
+        gen_opts = gen_info.cls.resolve_options(spec.options.get(spec.task_generator))
+        alg_opts = alg_info.cls.resolve_options(spec.options.get(spec.algorithm))
+
+        with stage(f"dataset:{spec.dataset}"):
+            data = self._dataset(spec.dataset, ds_opts)
+            train = data.split("train").to(dev)
+            test = data.split("test").to(dev)
+
+        with stage(f"task_generator:{spec.task_generator}"):
+            generator: TaskGenerator = gen_info.cls()
+            gctx = RunContext(dev, derive_seed(spec.run_seed, "task_generator"), p.train_ways, p.train_shots,
+                              p.train_queries, data.image_shape, gen_opts, self.settings.cache_dir)
+            generator.setup(train if generator.uses_labels else train.unlabeled(), gctx)
+
+        with stage(f"algorithm:{spec.algorithm}"):
+            algorithm = alg_info.cls()
+            actx = RunContext(dev, derive_seed(spec.run_seed, "algorithm"), p.train_ways, p.train_shots,
+                              p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir)
+            algorithm.setup(actx)
+
+        episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
+        checked = {"n": 0}
+
+        def stream() -> Iterator[EpisodeBatch]:
+            while True:
+                with stage(f"task_generator:{spec.task_generator}"):
+                    batch = generator.sample(b.meta_batch, episode_gen)
+                    if not isinstance(batch, EpisodeBatch):
+                        raise PluginError(f"{spec.task_generator}: sample() must return an EpisodeBatch, "
+                                          f"got {type(batch).__name__}")
+                    if checked["n"] < 3:  # validating every batch would sync the device each step
+                        batch.check(spec.task_generator, b.meta_batch, p.train_ways, p.train_shots,
+                                    p.train_queries, data.image_shape)
+                        checked["n"] += 1
+                stage(f"algorithm:{spec.algorithm}")
+                yield batch
+
+        desc = f"{label} {spec.run_id.rsplit('__', 1)[0]}"
+        with progress(total=b.steps, desc=f"{desc} train", unit="step") as bar:
+            _sync(dev)
+            t0 = time.perf_counter()
+            with stage(f"algorithm:{spec.algorithm}"):
+                losses = algorithm.meta_train(stream(), Budget(b.steps, b.meta_batch),
+                                              on_step=lambda s, loss: bar.update(1))
+            _sync(dev)
+            train_s = time.perf_counter() - t0
+
+        with stage("dataset:" + spec.dataset):
+            indices = fixed_episode_indices(test, p.ways, p.shots, p.queries, b.test_episodes, spec.test_seed)
+        with progress(total=b.test_episodes, desc=f"{desc} eval", unit="task") as bar, \
+                stage(f"algorithm:{spec.algorithm}"):
+            _sync(dev)
+            t0 = time.perf_counter()
+            accs = evaluate(algorithm, test, indices, p.shots, b.eval_batch, on_batch=bar.update)
+            _sync(dev)
+            eval_s = time.perf_counter() - t0
+        mean, ci = mean_ci95(accs)
+        config = spec.config()
+        config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": spec.run_id,
+            "status": "ok",
+            "config": config,
+            "metrics": {"accuracy_mean": mean, "accuracy_ci95": ci, "test_episodes": int(accs.numel()),
+                        "final_train_loss": losses[-1] if losses else None},
+            "speed": {"meta_train_tasks_per_s": (b.steps * b.meta_batch / train_s) if b.steps else None,
+                      "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None,
+                      "meta_train_s": train_s, "eval_s": eval_s,
+                      "wall_s": time.perf_counter() - wall0, "peak_mem_mb": _peak_mem_mb(dev)},
+            "environment": environment.describe(dev),
+        }
+
+    def _failed_record(self, spec: RunSpec, plugin: str | None, exc: BaseException,
+                       wall_s: float) -> dict[str, Any]:
+        dev = self.settings.device
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": spec.run_id,
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "failed_plugin": plugin,
+            "traceback": traceback.format_exc(limit=20),
+            "config": spec.config(),
+            "metrics": {},
+            "speed": {"meta_train_tasks_per_s": None, "eval_tasks_per_s": None, "wall_s": wall_s,
+                      "peak_mem_mb": _peak_mem_mb(dev)},
+            "environment": environment.describe(dev),
+        }

@@ -1,0 +1,241 @@
+"""Suite files (TOML): the grid of runs, validated with errors that point at the offending key.
+
+Example::
+
+    name = "omniglot-protonet-cpu"          # optional, defaults to the file's stem
+    datasets = ["omniglot"]
+    task_generators = ["oracle"]
+    algorithms = ["protonet"]
+    seeds = [0]
+
+    [[protocols]]                            # test-time N-way K-shot Q-query; train_* default to them
+    ways = 5
+    shots = 1
+    queries = 15
+    train_ways = 60
+    train_queries = 5
+
+    [budget]
+    steps = 2000                             # outer meta-training steps
+    meta_batch = 1                           # tasks per step
+    test_episodes = 1000
+
+    [options.protonet]                       # per-plugin options, by plugin name
+    lr = 0.001
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from metabench.seeding import derive_seed
+
+
+class SuiteError(ValueError):
+    """A suite file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Test-time task shape plus the shape of meta-training tasks."""
+
+    ways: int
+    shots: int
+    queries: int
+    train_ways: int
+    train_shots: int
+    train_queries: int
+
+    @property
+    def label(self) -> str:
+        """E.g. ``5-way 1-shot``."""
+        return f"{self.ways}-way {self.shots}-shot"
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """Meta-training and evaluation budgets."""
+
+    steps: int
+    meta_batch: int
+    test_episodes: int
+    eval_batch: int = 50
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved run: the unit that gets one record."""
+
+    suite: str
+    dataset: str
+    task_generator: str
+    algorithm: str
+    protocol: Protocol
+    seed: int
+    budget: BudgetSpec
+    options: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+
+    def config(self) -> dict[str, Any]:
+        """The record's ``config`` object (without resolved plugin defaults, which the runner adds)."""
+        return {"suite": self.suite, "dataset": self.dataset, "task_generator": self.task_generator,
+                "algorithm": self.algorithm, **asdict(self.protocol), "seed": self.seed,
+                "budget": asdict(self.budget), "options": self.options}
+
+    @property
+    def run_seed(self) -> int:
+        """Seed of everything run-specific (initialisation, training episodes)."""
+        return derive_seed("run", self.dataset, self.task_generator, self.algorithm,
+                           asdict(self.protocol), self.seed)
+
+    @property
+    def test_seed(self) -> int:
+        """Seed of the test episodes: the same for every generator and algorithm (a paired comparison)."""
+        p = self.protocol
+        return derive_seed("test-episodes", self.dataset, p.ways, p.shots, p.queries, self.seed)
+
+    @property
+    def run_id(self) -> str:
+        """Readable identity plus a hash of the whole resolved config (options and budgets included)."""
+        blob = json.dumps(self.config(), sort_keys=True, default=str).encode()
+        h = hashlib.sha256(blob).hexdigest()[:8]
+        p = self.protocol
+        return (f"{self.dataset}__{self.task_generator}__{self.algorithm}__"
+                f"{p.ways}w{p.shots}s{p.queries}q__seed{self.seed}__{h}")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file."""
+
+    name: str
+    path: Path | None
+    datasets: list[str]
+    task_generators: list[str]
+    algorithms: list[str]
+    protocols: list[Protocol]
+    seeds: list[int]
+    budget: BudgetSpec
+    options: dict[str, dict[str, Any]]
+    description: str = ""
+
+    def runs(self) -> list[RunSpec]:
+        """The full grid, in a stable order."""
+        out = []
+        for ds, gen, alg, proto, seed in itertools.product(self.datasets, self.task_generators,
+                                                           self.algorithms, self.protocols, self.seeds):
+            opts = {k: dict(self.options[k]) for k in (ds, gen, alg) if k in self.options}
+            out.append(RunSpec(self.name, ds, gen, alg, proto, seed, self.budget, opts))
+        return out
+
+
+_TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
+        "budget", "options"}
+_PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries"}
+_BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _err(where: str, msg: str) -> SuiteError:
+    return SuiteError(f"{where}: {msg}")
+
+
+def _int(where: str, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _err(where, f"key '{key}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _names(where: str, key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _err(where, f"key '{key}' must be a non-empty list of plugin names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise _err(where, f"key '{key}' lists a name twice: {value!r}")
+    return value
+
+
+def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: Path | None = None) -> Suite:
+    """Validate a suite's TOML data; :class:`SuiteError` names ``where`` and the bad key."""
+    unknown = sorted(set(data) - _TOP)
+    if unknown:
+        raise _err(where, f"unknown key(s) {unknown}; allowed: {sorted(_TOP)}")
+    for key in ("datasets", "task_generators", "algorithms", "protocols", "budget"):
+        if key not in data:
+            raise _err(where, f"missing required key '{key}'")
+    name = data.get("name", name)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _err(where, f"key 'name' must be a simple name (letters, digits, _ . -), got {name!r}")
+    protos_raw = data["protocols"]
+    if not isinstance(protos_raw, list) or not protos_raw:
+        raise _err(where, "key 'protocols' must be a non-empty array of tables ([[protocols]])")
+    protocols = []
+    for i, p in enumerate(protos_raw):
+        key = f"protocols[{i}]"
+        if not isinstance(p, dict):
+            raise _err(where, f"key '{key}' must be a table")
+        bad = sorted(set(p) - _PROTO)
+        if bad:
+            raise _err(where, f"unknown key(s) {bad} in '{key}'; allowed: {sorted(_PROTO)}")
+        for req in ("ways", "shots", "queries"):
+            if req not in p:
+                raise _err(where, f"missing key '{key}.{req}'")
+        ways = _int(where, f"{key}.ways", p["ways"], 2)
+        shots = _int(where, f"{key}.shots", p["shots"], 1)
+        queries = _int(where, f"{key}.queries", p["queries"], 1)
+        protocols.append(Protocol(
+            ways, shots, queries,
+            _int(where, f"{key}.train_ways", p.get("train_ways", ways), 2),
+            _int(where, f"{key}.train_shots", p.get("train_shots", shots), 1),
+            _int(where, f"{key}.train_queries", p.get("train_queries", queries), 1)))
+    b = data["budget"]
+    if not isinstance(b, dict):
+        raise _err(where, "key 'budget' must be a table")
+    bad = sorted(set(b) - _BUDGET)
+    if bad:
+        raise _err(where, f"unknown key(s) {bad} in 'budget'; allowed: {sorted(_BUDGET)}")
+    for req in ("steps", "meta_batch", "test_episodes"):
+        if req not in b:
+            raise _err(where, f"missing key 'budget.{req}'")
+    budget = BudgetSpec(_int(where, "budget.steps", b["steps"], 0),
+                        _int(where, "budget.meta_batch", b["meta_batch"], 1),
+                        _int(where, "budget.test_episodes", b["test_episodes"], 2),
+                        _int(where, "budget.eval_batch", b.get("eval_batch", 50), 1))
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds):
+        raise _err(where, f"key 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+    seeds = [_int(where, "seeds", s, 0) for s in seeds]
+    options = data.get("options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise _err(where, "key 'options' must hold one table per plugin, e.g. [options.protonet]")
+    datasets = _names(where, "datasets", data["datasets"])
+    gens = _names(where, "task_generators", data["task_generators"])
+    algs = _names(where, "algorithms", data["algorithms"])
+    stray = sorted(set(options) - set(datasets) - set(gens) - set(algs))
+    if stray:
+        raise _err(where, f"[options.{stray[0]}] names no dataset, task generator or algorithm of this suite")
+    desc = data.get("description", "")
+    return Suite(name, path, datasets, gens, algs, protocols, seeds, budget, options, str(desc))
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such suite file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{path}: not valid TOML: {exc}") from None
+    return parse_suite(data, path.stem, str(path), path)

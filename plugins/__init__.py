@@ -1,0 +1,1 @@
+"""Built-in metabench plugins (import name ``metabench_plugins``), registered via entry points."""

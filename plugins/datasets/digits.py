@@ -1,0 +1,56 @@
+"""scikit-learn's 8x8 handwritten digits: a tiny, always-available dataset for smoke tests and demos.
+
+Source: Alpaydin & Kaynak (1998), "Optical Recognition of Handwritten Digits" (UCI ML repository), the
+test part of which ships with scikit-learn as ``sklearn.datasets.load_digits`` (1797 images, 8x8, values
+0..16). Needs no data root. Split by image, stratified by class, as in the CACTUs MNIST protocol (Hsu,
+Levine & Finn, 2019): a fixed 2/3 of each class for ``train``, the rest for ``test``.
+"""
+from __future__ import annotations
+
+import torch
+
+from metabench import DataContext, Dataset, ImageSet, hookimpl
+
+SPLIT_SEED = 20190506  # fixed: the split is part of the protocol, not of a run
+TRAIN_FRACTION = 2 / 3
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, test) indices: per class, a seeded permutation's first ``round(fraction * n)``."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        cut = round(fraction * len(idx))
+        train.append(idx[:cut])
+        test.append(idx[cut:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+class Digits(Dataset):
+    """scikit-learn digits, 8x8, split by image (2/3 train, 1/3 test per class)."""
+
+    name = "digits"
+    description = "scikit-learn 8x8 handwritten digits (1797 images), split by image 2/3 train / 1/3 test"
+    paper = ("Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI Machine Learning "
+             "Repository; protocol after Hsu, Levine & Finn (2019), Unsupervised Learning via "
+             "Meta-Learning, ICLR")
+    defaults: dict = {}
+
+    def load(self, ctx: DataContext) -> ImageSet:
+        """Load the bundled digits (``ctx`` paths unused), scale 0..16 to 0..255 uint8, split them."""
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels = torch.from_numpy(bunch.images).to(torch.float64)
+        images = torch.round(pixels * 255 / 16).clamp(0, 255).to(torch.uint8).unsqueeze(1)
+        labels = torch.from_numpy(bunch.target).to(torch.int64)
+        train, test = stratified_split(labels, TRAIN_FRACTION, SPLIT_SEED)
+        return ImageSet(self.name, images, labels, {"train": train, "test": test}, protocol="cactus-by-image")
+
+
+@hookimpl
+def metabench_datasets():
+    """The digits dataset plugin."""
+    return [Digits]

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real data root (skips cleanly where it is absent) and a per-session cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _real_data_root() -> Path | None:
+    for cand in (os.environ.get("METABENCH_DATA"), REPO.parent / "shared" / "data"):
+        if cand and (Path(cand) / "omniglot-py").is_dir():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding ``omniglot-py/``, ``MNIST/raw/`` and ``splits/`` (read-only)."""
+    root = _real_data_root()
+    if root is None:
+        pytest.skip("real data not found: set METABENCH_DATA to a folder with omniglot-py/ and MNIST/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A cache shared by the whole test session (decoded tensors are built once)."""
+    env = os.environ.get("METABENCH_TEST_CACHE")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return tmp_path_factory.mktemp("metabench-cache")
