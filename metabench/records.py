@@ -83,10 +83,10 @@ def validate(record: Any, where: str) -> dict[str, Any]:
     if isinstance(record, dict) and record.get("schema_version") not in (SCHEMA_VERSION, None):
         raise RecordError(f"{where}: schema_version {record.get('schema_version')!r} is not supported "
                           f"(this metabench reads version {SCHEMA_VERSION}); re-run the suite to refresh it")
-    err = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(record))
-    if err is not None:
-        at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise RecordError(f"{where}: invalid record at {at}: {err.message}")
+    errors = sorted(_VALIDATOR.iter_errors(record), key=lambda e: (-len(e.absolute_path), e.message))
+    if errors:
+        msgs = [f"at {'/'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors[:3]]
+        raise RecordError(f"{where}: invalid record " + "; ".join(msgs))
     return record
 
 

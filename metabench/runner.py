@@ -97,6 +97,7 @@ class SuiteRunner:
         self.suite, self.registry, self.settings = suite, registry, settings
         self.out_dir = settings.results / suite.name
         self._datasets: dict[str, ImageSet] = {}
+        environment.git_commit()  # pin the source commit now, before anything can change the tree
 
     def record_path(self, spec: RunSpec) -> Path:
         """Where the record of ``spec`` lives."""

@@ -1,0 +1,121 @@
+"""Plugin discovery: built-ins via entry points, --plugins-dir files, installed packages, failures."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from metabench.cli import main
+from metabench.registry import PluginConflictError, UnknownPluginError, discover
+
+BUILTINS = {("dataset", "omniglot"), ("dataset", "mnist"), ("dataset", "digits"),
+            ("task_generator", "oracle"), ("algorithm", "protonet")}
+
+GOOD_PLUGIN = '''
+import torch
+from metabench import Algorithm, hookimpl
+
+class PixelMeans(Algorithm):
+    """Nearest class mean on raw pixels: no meta-learning at all."""
+    name = "pixel_nn"
+
+    def setup(self, ctx):
+        pass
+
+    def train_step(self, batch, step):
+        return 0.0
+
+    def predict(self, support_x, support_y, query_x, ways):
+        onehot = torch.nn.functional.one_hot(support_y, ways).to(support_x.dtype)
+        protos = onehot.transpose(1, 2) @ support_x.flatten(2) / onehot.sum(1).unsqueeze(-1)
+        return -torch.cdist(query_x.flatten(2), protos)
+
+    def embed(self, x):
+        return x.flatten(1)
+
+@hookimpl
+def metabench_algorithms():
+    return [PixelMeans]
+'''
+
+
+def test_builtins_are_found_through_entry_points_with_origin():
+    reg = discover()
+    found = {(p.kind, p.name): p for p in reg.all()}
+    assert BUILTINS <= set(found)
+    for key in BUILTINS:
+        assert found[key].origin == "metabench" and found[key].version
+        assert found[key].description
+    assert not [f for f in reg.failures if "metabench_plugins" in f.source]
+
+
+def test_list_json_has_the_documented_keys(capsys):
+    assert main(["list", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert all(set(i) == {"kind", "name", "origin", "version", "description"} for i in items)
+    assert BUILTINS <= {(i["kind"], i["name"]) for i in items}
+    assert {i["kind"] for i in items} <= {"dataset", "task_generator", "algorithm"}
+
+
+def test_plugins_dir_file_is_loaded_and_a_broken_file_is_reported(tmp_path, capsys):
+    (tmp_path / "good.py").write_text(GOOD_PLUGIN)
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
+    (tmp_path / "garbage.py").write_text(textwrap.dedent('''
+        from metabench import hookimpl
+        @hookimpl
+        def metabench_datasets():
+            return ["not a class"]
+    '''))
+    reg = discover([tmp_path])
+    info = reg.get("algorithm", "pixel_nn")
+    assert info.origin == f"file {tmp_path / 'good.py'}" and info.version is None
+    sources = {Path(f.source).name: f.error for f in reg.failures}
+    assert "ModuleNotFoundError" in sources["broken.py"]
+    assert "not a Dataset subclass" in sources["garbage.py"]
+    assert BUILTINS <= {(p.kind, p.name) for p in reg.all()}  # the rest still work
+
+    assert main(["list", "--plugins-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "pixel_nn" in out.out and "broken.py skipped" in out.err
+
+
+def test_same_kind_and_name_twice_is_a_clear_error(tmp_path):
+    (tmp_path / "a.py").write_text(GOOD_PLUGIN)
+    (tmp_path / "b.py").write_text(GOOD_PLUGIN)
+    with pytest.raises(PluginConflictError, match="pixel_nn"):
+        discover([tmp_path])
+
+
+def test_unknown_plugin_lists_the_known_ones():
+    with pytest.raises(UnknownPluginError, match="known: .*protonet"):
+        discover().get("algorithm", "no_such_algorithm")
+
+
+def test_pip_installed_package_with_entry_point_shows_up(tmp_path):
+    pkg = tmp_path / "src"
+    (pkg / "mb_thirdparty").mkdir(parents=True)
+    (pkg / "mb_thirdparty" / "__init__.py").write_text(GOOD_PLUGIN)
+    (pkg / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "mb-thirdparty"
+        version = "1.2.3"
+        [project.entry-points.metabench]
+        pixel_nn = "mb_thirdparty"
+    '''))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(pkg)], check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-m", "metabench.cli", "list", "--json"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    item = next(i for i in json.loads(out) if i["name"] == "pixel_nn")
+    assert item == {"kind": "algorithm", "name": "pixel_nn", "origin": "mb-thirdparty", "version": "1.2.3",
+                    "description": "Nearest class mean on raw pixels: no meta-learning at all."}

@@ -1,0 +1,132 @@
+"""The whole path through the CLI: suite -> plugins -> episodes -> training -> records -> leaderboard."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from metabench.cli import main
+from metabench.records import read_record
+from tests.helpers import TINY_DIGITS, write_suite
+
+RAISES_PLUGIN = '''
+from metabench import hookimpl
+from metabench_plugins.algorithms.protonet import ProtoNet
+
+class Exploding(ProtoNet):
+    name = "exploding"
+    def train_step(self, batch, step):
+        if step == 3:
+            raise RuntimeError("boom at step 3")
+        return super().train_step(batch, step)
+
+class WrongShape(ProtoNet):
+    name = "wrong_shape"
+    def predict(self, support_x, support_y, query_x, ways):
+        return super().predict(support_x, support_y, query_x, ways)[:, :, :-1]
+
+class NaNLoss(ProtoNet):
+    name = "nan_loss"
+    def train_step(self, batch, step):
+        return float("nan")
+
+@hookimpl
+def metabench_algorithms():
+    return [Exploding, WrongShape, NaNLoss]
+'''
+
+
+def _records(folder):
+    return {p.name: read_record(p) for p in sorted(folder.glob("*.json"))}
+
+
+@pytest.fixture()
+def env(tmp_path, cache_dir):
+    return ["--results", str(tmp_path / "results"), "--cache-dir", str(cache_dir),
+            "--data-root", str(tmp_path / "no-data")]
+
+
+def test_run_writes_records_resumes_and_reproduces(tmp_path, env):
+    suite = write_suite(tmp_path / "tiny.toml", TINY_DIGITS)
+    assert main(["run", str(suite), *env]) == 0
+    recs = _records(tmp_path / "results" / "tiny")
+    (name, rec), = recs.items()
+    assert rec["status"] == "ok" and rec["config"]["options"]["protonet"]["hidden"] == 16
+    m = rec["metrics"]
+    assert 0.2 < m["accuracy_mean"] <= 1 and m["test_episodes"] == 40 and m["accuracy_ci95"] > 0
+    assert rec["speed"]["meta_train_tasks_per_s"] > 0 and rec["environment"]["threads"] >= 1
+    before = (tmp_path / "results" / "tiny" / name).stat().st_mtime_ns
+    assert main(["run", str(suite), *env]) == 0   # resumes: nothing to do
+    assert (tmp_path / "results" / "tiny" / name).stat().st_mtime_ns == before
+    assert main(["run", str(suite), *env, "--force"]) == 0
+    again = _records(tmp_path / "results" / "tiny")[name]
+    assert again["metrics"] == rec["metrics"], "same suite + seed on CPU gives identical numbers"
+
+
+def test_failing_plugins_get_failed_records_and_the_rest_runs(tmp_path, env, capsys):
+    plugdir = tmp_path / "plugins"
+    plugdir.mkdir()
+    (plugdir / "bad.py").write_text(RAISES_PLUGIN)
+    suite = write_suite(tmp_path / "mixed.toml", TINY_DIGITS.replace(
+        'name = "tiny"', 'name = "mixed"').replace(
+        'algorithms = ["protonet"]', 'algorithms = ["protonet", "exploding", "wrong_shape", "nan_loss"]'))
+    assert main(["run", str(suite), *env, "--plugins-dir", str(plugdir)]) == 1
+    recs = {r["config"]["algorithm"]: r for r in _records(tmp_path / "results" / "mixed").values()}
+    assert recs["protonet"]["status"] == "ok"
+    assert recs["exploding"]["failed_plugin"] == "algorithm:exploding"
+    assert "boom at step 3" in recs["exploding"]["error"]
+    assert "predict() must return logits of shape (40, 25, 5)" in recs["wrong_shape"]["error"]
+    assert "non-finite meta-training loss" in recs["nan_loss"]["error"]
+    err = capsys.readouterr().err
+    assert "1 ran" in err and "3 failed" in err and "boom at step 3" in err
+    # a re-run retries only the failed runs
+    assert main(["run", str(suite), *env, "--plugins-dir", str(plugdir)]) == 1
+    assert "1 skipped" in capsys.readouterr().err
+
+
+def test_missing_dataset_fails_that_run_with_where_it_looked(tmp_path, env):
+    suite = write_suite(tmp_path / "m.toml", TINY_DIGITS.replace('datasets = ["digits"]',
+                                                                'datasets = ["mnist", "digits"]'))
+    assert main(["run", str(suite), *env]) == 1
+    recs = {r["config"]["dataset"]: r for r in _records(tmp_path / "results" / "tiny").values()}
+    assert recs["digits"]["status"] == "ok"
+    assert recs["mnist"]["failed_plugin"] == "dataset:mnist"
+    assert "DatasetNotFoundError" in recs["mnist"]["error"] and str(tmp_path / "no-data") in recs["mnist"]["error"]
+
+
+def test_unknown_plugin_or_option_stops_before_any_run(tmp_path, env, capsys):
+    suite = write_suite(tmp_path / "u.toml", TINY_DIGITS.replace('algorithms = ["protonet"]',
+                                                                'algorithms = ["protonet", "mamll"]'))
+    assert main(["run", str(suite), *env]) == 2
+    assert "unknown algorithm 'mamll'" in capsys.readouterr().err
+    suite = write_suite(tmp_path / "o.toml", TINY_DIGITS.replace("hidden = 16", "hiden = 16"))
+    assert main(["run", str(suite), *env]) == 2
+    assert "protonet: unknown option(s) ['hiden']" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_protonet_learns_omniglot(tmp_path, data_root, cache_dir):
+    suite = write_suite(tmp_path / "omni.toml", """
+        name = "omni"
+        datasets = ["omniglot"]
+        task_generators = ["oracle"]
+        algorithms = ["protonet"]
+        [[protocols]]
+        ways = 5
+        shots = 1
+        queries = 5
+        train_ways = 20
+        [budget]
+        steps = 60
+        meta_batch = 1
+        test_episodes = 200
+    """)
+    args = ["--results", str(tmp_path / "r"), "--cache-dir", str(cache_dir), "--data-root", str(data_root)]
+    assert main(["run", str(suite), *args]) == 0
+    (rec,) = _records(tmp_path / "r" / "omni").values()
+    # chance is 20%; 60 episodes of 20-way training already separate new Omniglot characters well
+    assert rec["metrics"]["accuracy_mean"] > 0.7, rec["metrics"]
+    assert main(["leaderboard", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "lb")]) == 0
+    assert "omniglot — 5-way 1-shot" in (tmp_path / "lb" / "README.md").read_text()
