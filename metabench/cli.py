@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default="leaderboards", help="where README.md and leaderboard.csv go")
     lb.add_argument("--strict", action="store_true", help="exit 1 when a record had to be left out")
     lb.set_defaults(func=cmd_leaderboard)
+
+    from metabench import bench
+
+    bench.add_parser(sub)
     return p
 
 

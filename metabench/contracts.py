@@ -162,6 +162,7 @@ class RunContext:
     image_shape: tuple[int, int, int]
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
+    unlabeled: "UnlabeledSplit | None" = None  # the meta-training images, for algorithms that pre-train on them
 
     def generator(self, purpose: str) -> torch.Generator:
         """A fresh ``torch.Generator`` on the run's device, seeded from the run seed and ``purpose``."""

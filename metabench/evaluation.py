@@ -6,7 +6,7 @@ import math
 import torch
 
 from metabench.contracts import Algorithm, LabeledSplit, PluginError
-from metabench.episodes import EpisodeSampler, batch_from_indices
+from metabench.episodes import EpisodeSampler, batch_from_indices, to_float
 from metabench.seeding import make_generator
 
 
@@ -43,3 +43,20 @@ def evaluate(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, s
         if on_batch is not None:
             on_batch(ep.tasks)
     return torch.cat(accs)
+
+
+def embed_tasks(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    """Features ``[E, N*(K+Q), D]`` of every image of the episodes ``indices`` ``[E, N, K+Q]``, from
+    ``algorithm.embed``; the images of a task stay together, class-major."""
+    out = []
+    for chunk in indices.split(batch):
+        e, m = chunk.shape[0], chunk.shape[1] * chunk.shape[2]
+        x = to_float(split.images[chunk.reshape(e, m)]).flatten(0, 1)
+        z = algorithm.embed(x)
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != e * m:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise PluginError(f"{algorithm.name}: embed() must return features [{e * m}, D], got {got}")
+        if not torch.isfinite(z).all():
+            raise PluginError(f"{algorithm.name}: embed() returned non-finite features")
+        out.append(z.detach().view(e, m, -1).cpu())
+    return torch.cat(out)

@@ -15,7 +15,13 @@ _NUM = {"type": ["number", "null"]}
 _OK_METRICS = {"type": "object", "required": ["accuracy_mean", "accuracy_ci95", "test_episodes"],
                "properties": {"accuracy_mean": {"type": "number", "minimum": 0, "maximum": 1},
                               "accuracy_ci95": {"type": "number", "minimum": 0},
-                              "test_episodes": {"type": "integer", "minimum": 1}}}
+                              "test_episodes": {"type": "integer", "minimum": 1},
+                              "nmi": {"type": "number", "minimum": 0, "maximum": 1},
+                              "ari": {"type": "number", "minimum": -1, "maximum": 1},
+                              "cluster_acc": {"type": "number", "minimum": 0, "maximum": 1},
+                              "cluster_tasks": {"type": "integer", "minimum": 1}},
+               "dependentRequired": {"nmi": ["nmi_ci95", "ari", "ari_ci95", "cluster_acc",
+                                             "cluster_acc_ci95", "cluster_tasks"]}}
 
 RECORD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -20,7 +20,8 @@ import torch
 from metabench import environment
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, PluginError, RunContext,
                                  TaskGenerator)
-from metabench.evaluation import evaluate, fixed_episode_indices, mean_ci95
+from metabench.clustering import cluster_tasks
+from metabench.evaluation import embed_tasks, evaluate, fixed_episode_indices, mean_ci95
 from metabench.progress import progress
 from metabench.records import SCHEMA_VERSION, RecordError, read_record, write_record
 from metabench.registry import Registry
@@ -176,7 +177,8 @@ class SuiteRunner:
         with stage(f"algorithm:{spec.algorithm}"):
             algorithm = alg_info.cls()
             actx = RunContext(dev, derive_seed(spec.run_seed, "algorithm"), p.train_ways, p.train_shots,
-                              p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir)
+                              p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir,
+                              unlabeled=train.unlabeled())
             algorithm.setup(actx)
 
         episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
@@ -216,6 +218,16 @@ class SuiteRunner:
             _sync(dev)
             eval_s = time.perf_counter() - t0
         mean, ci = mean_ci95(accs)
+        clustering = {}
+        if b.cluster_tasks:
+            with stage(f"algorithm:{spec.algorithm}"):
+                sub = indices[:b.cluster_tasks]
+                feats = embed_tasks(algorithm, test, sub, b.eval_batch)
+            classes = torch.arange(p.ways).repeat_interleave(sub.shape[2]).expand(sub.shape[0], -1)
+            scores = cluster_tasks(feats, classes, p.ways, derive_seed(spec.test_seed, "kmeans"))
+            for j, key in enumerate(("nmi", "ari", "cluster_acc")):
+                clustering[key], clustering[f"{key}_ci95"] = mean_ci95(scores[:, j])
+            clustering["cluster_tasks"] = int(sub.shape[0])
         config = spec.config()
         config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts}
         return {
@@ -224,7 +236,7 @@ class SuiteRunner:
             "status": "ok",
             "config": config,
             "metrics": {"accuracy_mean": mean, "accuracy_ci95": ci, "test_episodes": int(accs.numel()),
-                        "final_train_loss": losses[-1] if losses else None},
+                        "final_train_loss": losses[-1] if losses else None, **clustering},
             "speed": {"meta_train_tasks_per_s": (b.steps * b.meta_batch / train_s) if b.steps else None,
                       "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,

@@ -71,6 +71,7 @@ class BudgetSpec:
     meta_batch: int
     test_episodes: int
     eval_batch: int = 50
+    cluster_tasks: int = 200
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Suite:
 _TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
         "budget", "options"}
 _PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries"}
-_BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch"}
+_BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch", "cluster_tasks"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -211,7 +212,8 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
     budget = BudgetSpec(_int(where, "budget.steps", b["steps"], 0),
                         _int(where, "budget.meta_batch", b["meta_batch"], 1),
                         _int(where, "budget.test_episodes", b["test_episodes"], 2),
-                        _int(where, "budget.eval_batch", b.get("eval_batch", 50), 1))
+                        _int(where, "budget.eval_batch", b.get("eval_batch", 50), 1),
+                        _int(where, "budget.cluster_tasks", b.get("cluster_tasks", 200), 0))
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds):
         raise _err(where, f"key 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")

@@ -1,0 +1,170 @@
+"""``metabench bench``: throughput of meta-training steps and test-time adaptation, per execution path.
+
+Each algorithm is built as a run would build it and fed one fixed synthetic meta-batch. After ``warmup``
+untimed calls, ``repeats`` calls of ``train_step`` and of ``predict`` are timed one by one (the device is
+synchronised around each) and the medians are reported. An algorithm with a ``path`` option is timed on
+its per-task reference loop (``loop``) and on ``batched``; the ``auto`` row repeats the numbers of the
+path ``auto`` resolves to on this device. ``speedup_vs_reference`` is meta-training throughput relative
+to the ``loop`` row of the same algorithm, measured in the same invocation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from metabench.contracts import Algorithm, EpisodeBatch, RunContext
+from metabench.seeding import derive_seed, make_generator
+
+DEFAULT_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile")
+
+
+def synthetic_batch(tasks: int, ways: int, shots: int, queries: int, image_shape: tuple[int, int, int],
+                    device: torch.device) -> EpisodeBatch:
+    """A seeded meta-batch of random images in [0, 1] with class-major labels."""
+    g = make_generator(derive_seed("bench"), "cpu")
+    y = torch.arange(ways)
+
+    def labels(per_class: int) -> torch.Tensor:
+        return y.repeat_interleave(per_class).repeat(tasks, 1).to(device)
+
+    return EpisodeBatch(torch.rand(tasks, ways * shots, *image_shape, generator=g).to(device), labels(shots),
+                        torch.rand(tasks, ways * queries, *image_shape, generator=g).to(device), labels(queries),
+                        ways)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory since the last reset; on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _resolve(algorithm: str | type[Algorithm]) -> type[Algorithm]:
+    if isinstance(algorithm, type):
+        return algorithm
+    from metabench.registry import discover
+
+    return discover().get("algorithm", algorithm).cls
+
+
+def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, queries: int,
+                   repeats: int, warmup: int, options: dict[str, Any] | None = None) -> dict[str, float]:
+    """Median meta-training tasks/s, adaptation ms/task and peak memory of one configured algorithm."""
+    shots = batch.support_x.shape[1] // batch.ways
+    ctx = RunContext(device, derive_seed("bench", cls.name), batch.ways, shots, queries,
+                     tuple(batch.support_x.shape[2:]), cls.resolve_options(options))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    alg = cls()
+    alg.setup(ctx)
+    step = iter(range(10**9))
+    train_s = _median_seconds(lambda: alg.train_step(batch, next(step)), device, repeats, warmup)
+    adapt_s = _median_seconds(lambda: alg.predict(batch.support_x, batch.support_y, batch.query_x, batch.ways),
+                              device, repeats, warmup)
+    return {"meta_train_tasks_per_s": batch.tasks / train_s, "adapt_ms_per_task": 1000 * adapt_s / batch.tasks,
+            "peak_mem_mb": _peak_mem_mb(device)}
+
+
+def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device | str, ways: int = 5,
+              shots: int = 1, queries: int = 15, meta_batch: int = 32, repeats: int = 5, warmup: int = 2,
+              image_shape: tuple[int, int, int] = (1, 28, 28),
+              options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per (algorithm, path): the keys ``algorithm``, ``path``, ``device``, ``ways``, ``shots``,
+    ``meta_batch``, ``meta_train_tasks_per_s``, ``adapt_ms_per_task``, ``peak_mem_mb`` and
+    ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option); ``auto`` rows also
+    carry ``resolves_to``. ``options`` maps an algorithm name to extra options."""
+    from metabench.inner_loop import resolve_path
+
+    device = torch.device(device)
+    batch = synthetic_batch(meta_batch, ways, shots, queries, image_shape, device)
+    rows: list[dict[str, Any]] = []
+    for algorithm in algorithms:
+        cls = _resolve(algorithm)
+        extra = dict((options or {}).get(cls.name, {}))
+        base = {"algorithm": cls.name, "device": str(device), "ways": ways, "shots": shots,
+                "meta_batch": meta_batch}
+        if "path" not in cls.defaults:
+            m = time_algorithm(cls, device, batch, queries, repeats, warmup, extra)
+            rows.append({**base, "path": "-", **m, "speedup_vs_reference": None})
+            continue
+        measured = {p: time_algorithm(cls, device, batch, queries, repeats, warmup, {**extra, "path": p})
+                    for p in ("loop", "batched")}
+        ref = measured["loop"]["meta_train_tasks_per_s"]
+        for p, m in measured.items():
+            rows.append({**base, "path": p, **m, "speedup_vs_reference": m["meta_train_tasks_per_s"] / ref})
+        auto = resolve_path("auto", device)
+        rows.append({**base, "path": "auto", **measured[auto], "resolves_to": auto,
+                     "speedup_vs_reference": measured[auto]["meta_train_tasks_per_s"] / ref})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a plain-text table."""
+    from tabulate import tabulate
+
+    def fmt(v: Any) -> Any:
+        return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else v)
+
+    head = ["algorithm", "path", "device", "ways", "shots", "meta_batch", "meta_train_tasks_per_s",
+            "adapt_ms_per_task", "peak_mem_mb", "speedup_vs_reference"]
+    body = [[fmt(r.get(k)) if k != "path" or "resolves_to" not in r else f"auto ({r['resolves_to']})"
+             for k in head] for r in rows]
+    return tabulate(body, headers=[h.replace("_", " ") for h in head], tablefmt="simple")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark and print a table, or a JSON list with ``--json``."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("metabench: --device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    rows = run_bench(names, args.device, args.ways, args.shots, args.queries, args.meta_batch,
+                     args.repeats, args.warmup)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``bench`` subcommand on ``subparsers`` (its ``func`` is :func:`cmd_bench`)."""
+    p = subparsers.add_parser("bench", help="time meta-training and adaptation per execution path")
+    p.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS),
+                   help="comma-separated algorithm names (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-training step")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.set_defaults(func=cmd_bench)
+    return p

@@ -1,0 +1,25 @@
+"""ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020, arXiv:1909.09157).
+
+MAML whose inner loop adapts only the linear head; the backbone is left untouched by adaptation and
+learned by the outer loop alone (second order through the head updates). The backbone features of a
+support set are therefore computed once per task. Hyperparameters follow MAML's, as in the paper.
+"""
+from __future__ import annotations
+
+from metabench import hookimpl
+from metabench_plugins.algorithms.maml import MAML
+
+
+class ANIL(MAML):
+    """MAML with a head-only inner loop."""
+
+    name = "anil"
+    description = "ANIL: MAML whose inner loop adapts only the classifier head"
+    paper = "Raghu, Raghu, Bengio & Vinyals 2020, Rapid Learning or Feature Reuse? Towards Understanding " \
+            "the Effectiveness of MAML (ICLR), arXiv:1909.09157"
+    head_only = True
+
+
+@hookimpl
+def metabench_algorithms():
+    return [ANIL]

@@ -1,0 +1,39 @@
+"""Meta-SGD (Li, Zhou, Chen & Li 2017, arXiv:1707.09835).
+
+MAML whose inner step θ' = θ - α ∘ ∇L_support(θ) uses a learned learning rate for every parameter
+entry; α is meta-learned with θ by the same (second-order) meta-gradient. As in the paper, α is
+initialised uniformly in [0.005, 0.1] and one inner step is taken at training and at test.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metabench import PluginError, RunContext, hookimpl
+from metabench.inner_loop import Params
+from metabench_plugins.algorithms.maml import MAML
+
+
+class MetaSGD(MAML):
+    """MAML with meta-learned per-parameter inner learning rates."""
+
+    name = "metasgd"
+    description = "Meta-SGD: MAML with meta-learned per-parameter inner learning rates"
+    paper = "Li, Zhou, Chen & Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning, " \
+            "arXiv:1707.09835"
+    defaults = {**{k: v for k, v in MAML.defaults.items() if k != "inner_lr"},  # alpha is learned
+                "inner_steps": 1, "test_inner_steps": 1, "lr_init_low": 0.005, "lr_init_high": 0.1}
+
+    def make_lrs(self, ctx: RunContext) -> Params:
+        """One learning rate per parameter entry, uniform in ``[lr_init_low, lr_init_high]`` (equal
+        bounds give a constant)."""
+        lo, hi = float(ctx.options["lr_init_low"]), float(ctx.options["lr_init_high"])
+        if not 0 <= lo <= hi:
+            raise PluginError(f"{self.name}: need 0 <= lr_init_low <= lr_init_high, got {lo}, {hi}")
+        return {k: nn.Parameter(torch.empty(p.shape, dtype=p.dtype).uniform_(lo, hi).to(p.device))
+                for k, p in self.model.named_parameters()}
+
+
+@hookimpl
+def metabench_algorithms():
+    return [MetaSGD]

@@ -1,0 +1,107 @@
+"""Reptile (Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning Algorithms, arXiv:1803.02999).
+
+Each task of a meta-batch is trained from θ by a few Adam steps on minibatches of its images, giving
+φ_i; then θ ← θ + ε (mean_i φ_i − θ), with ε annealed linearly from 1 to 0 over the run. Defaults are
+the paper's Omniglot settings (its appendix and the supervised-reptile code): Adam with lr 1e-3 and
+β1 = 0, 5 inner steps on minibatches of 10, 50 steps on minibatches of 5 at test. A training task's
+support and query images are all used for the inner steps (the paper trains on more shots than it
+tests with). Deviation: Adam's moments start from zero for every task (the reference code carries them
+across tasks), which keeps tasks independent and lets them run under ``vmap``. Batch norm uses batch
+statistics and the query set is normalised as one batch (the paper's transductive setting).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metabench import Algorithm, Budget, EpisodeBatch, PluginError, RunContext, hookimpl
+from metabench.inner_loop import (InnerLoop, MetaModel, Params, fit_head, meta_batch_adapt, meta_batch_query,
+                                  resolve_path)
+from metabench.seeding import derive_seed, seeded
+
+
+def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per task, ``steps`` minibatches of ``size`` drawn by walking through reshuffled copies of the
+    task's ``M`` images: ``[T, M, ...]`` -> ``[T, steps, size, ...]``."""
+    t, m = y.shape
+    reps = math.ceil(steps * size / m)
+    order = torch.rand(t, reps, m, generator=generator, device=y.device).argsort(-1).flatten(1)
+    idx = order[:, :steps * size].reshape(t, steps, size)
+    rows = torch.arange(t, device=y.device).view(t, 1, 1)
+    return x[rows, idx], y[rows, idx]
+
+
+class Reptile(Algorithm):
+    """Reptile with an Adam inner loop and a linearly annealed outer step."""
+
+    name = "reptile"
+    description = "Reptile: move the initialisation towards the weights trained on each task"
+    paper = "Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning Algorithms, arXiv:1803.02999"
+    defaults = {"inner_lr": 1e-3, "inner_optimizer": "adam", "inner_steps": 5, "inner_batch": 10,
+                "test_inner_steps": 50, "test_inner_batch": 5, "outer_step": 1.0, "outer_step_final": 0.0,
+                "total_steps": 0, "path": "auto", "hidden": 64}
+
+    def setup(self, ctx: RunContext) -> None:
+        """Build the model (seeded) and the inner loops; minibatches come from seeded generators."""
+        o = ctx.options
+        with seeded(derive_seed(ctx.seed, "init")):
+            self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"])).to(ctx.device)
+        try:
+            self.path = resolve_path(str(o["path"]), ctx.device)
+            self.train_loop = InnerLoop(int(o["inner_steps"]), float(o["inner_lr"]), True,
+                                        optimizer=str(o["inner_optimizer"]), minibatches=True)
+            self.test_loop = InnerLoop(int(o["test_inner_steps"]), float(o["inner_lr"]), True,
+                                       optimizer=str(o["inner_optimizer"]), minibatches=True)
+        except ValueError as exc:
+            raise PluginError(f"{self.name}: {exc}") from None
+        self.params: Params = dict(self.model.named_parameters())
+        self.batch, self.test_batch = int(o["inner_batch"]), int(o["test_inner_batch"])
+        self.eps0, self.eps1 = float(o["outer_step"]), float(o["outer_step_final"])
+        self.total_steps = int(o["total_steps"])
+        self.train_gen = ctx.generator("reptile-train-minibatches")
+        self.test_gen = ctx.generator("reptile-test-minibatches")
+
+    def meta_train(self, stream, budget: Budget, on_step=None) -> list[float]:
+        """The base loop; ``total_steps = 0`` anneals ε over the run's budget."""
+        if self.total_steps <= 0:
+            self.total_steps = budget.steps
+        return super().meta_train(stream, budget, on_step)
+
+    def outer_step_size(self, step: int) -> float:
+        """ε at ``step``: linear from ``outer_step`` to ``outer_step_final`` over ``total_steps``."""
+        frac = min(step / self.total_steps, 1.0) if self.total_steps > 0 else 0.0
+        return (1 - frac) * self.eps0 + frac * self.eps1
+
+    def train_step(self, batch: EpisodeBatch, step: int) -> float:
+        """Adapt every task from θ, then θ ← θ + ε (mean φ − θ); returns the mean last inner loss."""
+        x = torch.cat([batch.support_x, batch.query_x], 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1)
+        xb, yb = minibatches(x, y, self.train_loop.steps, self.batch, self.train_gen)
+        theta = {k: v.detach() for k, v in self.params.items()}
+        phis, losses = meta_batch_adapt(self.model, theta, xb, yb, self.train_loop, self.path)
+        eps = self.outer_step_size(step)
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.add_(phis[k].mean(0) - p, alpha=eps)
+        return losses.mean().item()
+
+    def predict(self, support_x, support_y, query_x, ways):
+        """Query logits after ``test_inner_steps`` Adam steps on minibatches of the support set."""
+        params = fit_head({k: v.detach() for k, v in self.params.items()}, ways, self.name)
+        xb, yb = minibatches(support_x, support_y, self.test_loop.steps, self.test_batch, self.test_gen)
+        with torch.enable_grad():
+            _, logits = meta_batch_query(self.model, params, xb, yb, query_x, None, self.test_loop,
+                                         None, self.path)
+        return logits.detach()
+
+    @torch.no_grad()
+    def embed(self, x):
+        """Backbone features ``[M, D]`` (batch norm with the statistics of ``x``)."""
+        return self.model.backbone(x)
+
+
+@hookimpl
+def metabench_algorithms():
+    return [Reptile]

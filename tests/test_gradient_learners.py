@@ -1,0 +1,282 @@
+"""The gradient-based meta-learners against plain per-task autograd references, in float64, from identical
+weights and identical episodes; plus a short real training through the algorithm contract."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metabench import Budget, EpisodeBatch, LabeledSplit, PluginError, RunContext
+from metabench.episodes import EpisodeSampler
+from metabench.evaluation import evaluate, fixed_episode_indices
+from metabench.inner_loop import InnerLoop, MetaModel, adapt, meta_batch_query, resolve_path
+from metabench.seeding import make_generator
+from metabench_plugins.algorithms.anil import ANIL
+from metabench_plugins.algorithms.fomaml import FOMAML
+from metabench_plugins.algorithms.maml import MAML
+from metabench_plugins.algorithms.metasgd import MetaSGD
+from metabench_plugins.algorithms.reptile import Reptile, minibatches
+
+T, N, K, Q, SHAPE = 3, 3, 2, 2, (1, 8, 8)  # 8x8 images: three pooled blocks, one unpooled
+PATHS = ["loop", "batched"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: intra-op threads only add overhead (and oversubscribe a loaded machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _model(ways: int = N) -> MetaModel:
+    torch.manual_seed(0)
+    return MetaModel(SHAPE, ways, hidden=8)
+
+
+def _episodes(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    sx, qx = torch.randn(T, N * K, *SHAPE, generator=g), torch.randn(T, N * Q, *SHAPE, generator=g)
+    sy = torch.arange(N).repeat_interleave(K).repeat(T, 1)
+    qy = torch.arange(N).repeat_interleave(Q).repeat(T, 1)
+    return sx, sy, qx, qy
+
+
+def _leaves(model: MetaModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+
+
+def ref_forward(model: MetaModel, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Conv-4 + head written out with ``torch.nn.functional`` (no ``torch.func``): batch statistics."""
+    for i, block in enumerate(model.backbone.blocks):
+        pre = f"backbone.blocks.{i}."
+        x = F.conv2d(x, p[pre + "0.weight"], p[pre + "0.bias"], padding=1)
+        x = F.batch_norm(x, None, None, p[pre + "1.weight"], p[pre + "1.bias"], training=True,
+                         eps=block[1].eps)
+        x = F.relu(x)
+        if len(block) == 4:
+            x = F.max_pool2d(x, 2)
+    return F.linear(x.flatten(1), p["head.weight"], p["head.bias"])
+
+
+def ref_maml_loss(model, theta, episodes, steps, lr, first_order=False, head_only=False, lrs=None):
+    """Mean query loss over tasks, adapting each task by hand with ``torch.autograd.grad``."""
+    sx, sy, qx, qy = episodes
+    names = [k for k in theta if k.startswith("head.")] if head_only else list(theta)
+    total = 0.0
+    for t in range(sx.shape[0]):
+        phi = dict(theta)
+        for _ in range(steps):
+            loss = F.cross_entropy(ref_forward(model, phi, sx[t]), sy[t])
+            gs = torch.autograd.grad(loss, [phi[n] for n in names], create_graph=not first_order)
+            phi.update({n: phi[n] - (lrs[n] if lrs else lr) * g for n, g in zip(names, gs)})
+        total = total + F.cross_entropy(ref_forward(model, phi, qx[t]), qy[t])
+    return total / sx.shape[0]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-300) -> float:
+    """max |a - b| / max |b|; ``floor`` bounds the denominator below."""
+    return float((a - b).detach().abs().max() / b.detach().abs().max().clamp(min=floor))
+
+
+def _grads_close(got, ref, tol: float = 1e-9) -> None:
+    """Every tensor within ``tol`` relative (max-norm). A conv bias followed by batch norm has a true
+    gradient of exactly 0 and only round-off remains (Adam in Reptile even rescales it): such tensors,
+    below 1e-6 of the largest entry in the reference, must be below that in ``got`` too."""
+    assert len(got) == len(ref)
+    tiny = 1e-6 * max(float(r.abs().max()) for r in ref)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        if float(r.abs().max()) < tiny:
+            assert float(g.detach().abs().max()) < tiny, f"tensor {i} should be ~0"
+        else:
+            assert _rel(g, r) < tol, f"tensor {i} differs"
+
+
+def _engine_grads(model, episodes, cfg, path, lrs=None):
+    theta = _leaves(model)
+    losses, logits = meta_batch_query(model, theta, *episodes, cfg, lrs, path)
+    loss = losses.mean()
+    wrt = list(theta.values()) + (list(lrs.values()) if lrs else [])
+    return loss, torch.autograd.grad(loss, wrt), logits
+
+
+def _ref_grads(model, episodes, steps, lr, first_order=False, head_only=False, lrs=None):
+    theta = _leaves(model)
+    loss = ref_maml_loss(model, theta, episodes, steps, lr, first_order, head_only, lrs)
+    wrt = list(theta.values()) + (list(lrs.values()) if lrs else [])
+    return loss, torch.autograd.grad(loss, wrt)
+
+
+def test_reference_forward_is_the_module(f64):
+    model, (sx, *_) = _model(), _episodes()
+    with torch.no_grad():
+        assert _rel(ref_forward(model, dict(model.named_parameters()), sx[0]), model(sx[0])) < 1e-12
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_second_order_maml_matches_reference(f64, path):
+    model, ep = _model(), _episodes()
+    loss, grads, logits = _engine_grads(model, ep, InnerLoop(steps=2, lr=0.3), path)
+    ref_loss, ref = _ref_grads(model, ep, 2, 0.3)
+    assert logits.shape == (T, N * Q, N)
+    assert _rel(loss, ref_loss) < 1e-9
+    assert len(grads) == len(list(model.parameters()))
+    _grads_close(grads, ref)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_first_order_matches_reference_and_differs_from_second_order(f64, path):
+    model, ep = _model(), _episodes()
+    loss, grads, _ = _engine_grads(model, ep, InnerLoop(steps=2, lr=0.3, first_order=True), path)
+    ref_loss, ref = _ref_grads(model, ep, 2, 0.3, first_order=True)
+    _, second = _ref_grads(model, ep, 2, 0.3)
+    assert _rel(loss, ref_loss) < 1e-9
+    _grads_close(grads, ref)
+    assert max(_rel(g, s) for g, s in zip(grads, second)) > 1e-3
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_metasgd_learning_rates_get_the_reference_gradient(f64, path):
+    model, ep = _model(), _episodes()
+    g = torch.Generator().manual_seed(3)
+    lrs = {k: (0.005 + 0.095 * torch.rand(v.shape, generator=g)).requires_grad_()
+           for k, v in model.named_parameters()}
+    _, grads, _ = _engine_grads(model, ep, InnerLoop(steps=1), path, lrs)
+    _, ref = _ref_grads(model, ep, 1, None, lrs=lrs)
+    _grads_close(grads, ref)
+    lr_grads = grads[len(list(model.parameters())):]
+    assert len(lr_grads) == len(lrs) and all(float(x.abs().max()) > 0 for x in lr_grads)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_anil_adapts_only_the_head_and_matches_reference(f64, path):
+    model, ep = _model(), _episodes()
+    cfg = InnerLoop(steps=2, lr=0.3, head_only=True)
+    theta = _leaves(model)
+    phi = adapt(model, theta, ep[0][0], ep[1][0], cfg)
+    for k in theta:
+        if k.startswith("backbone."):
+            assert phi[k] is theta[k]
+        else:
+            assert not torch.equal(phi[k], theta[k])
+    _, grads, _ = _engine_grads(model, ep, cfg, path)
+    _, ref = _ref_grads(model, ep, 2, 0.3, head_only=True)
+    _grads_close(grads, ref)
+    assert float(grads[0].abs().max()) > 0, "the outer loop trains the backbone"
+
+
+def _reptile(path: str, optimizer: str) -> Reptile:
+    alg = Reptile()
+    opts = Reptile.resolve_options({"path": path, "hidden": 8, "inner_steps": 3, "inner_batch": 4,
+                                    "inner_optimizer": optimizer, "inner_lr": 0.01, "total_steps": 10})
+    alg.setup(RunContext(torch.device("cpu"), 5, N, K, Q, SHAPE, opts))
+    return alg
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("path", PATHS)
+def test_reptile_outer_update_matches_reference(f64, path, optimizer):
+    alg, (sx, sy, qx, qy) = _reptile(path, optimizer), _episodes()
+    theta = {k: v.detach().clone() for k, v in alg.params.items()}
+    gen = torch.Generator().set_state(alg.train_gen.get_state())
+    xb, yb = minibatches(torch.cat([sx, qx], 1), torch.cat([sy, qy], 1), 3, 4, gen)
+    alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), step=3)
+
+    phis = []
+    for t in range(T):  # reference: a module per task, trained with torch.optim
+        m = copy.deepcopy(alg.model)
+        m.load_state_dict(theta)
+        opt = (torch.optim.Adam(m.parameters(), lr=0.01, betas=(0.0, 0.999), eps=1e-8) if optimizer == "adam"
+               else torch.optim.SGD(m.parameters(), lr=0.01))
+        for i in range(3):
+            opt.zero_grad()
+            F.cross_entropy(m(xb[t, i]), yb[t, i]).backward()
+            opt.step()
+        phis.append(dict(m.named_parameters()))
+    eps = 1.0 * (1 - 3 / 10)
+    want = [eps * (torch.stack([ph[k].detach() for ph in phis]).mean(0) - theta[k]) for k in theta]
+    # Adam turns the round-off left in exactly-zero gradients (~1e-17) into steps of up to lr/eps_adam = 1e6
+    # times that, so its updates agree to 1e-8 of their scale instead of 1e-9 in float64.
+    tol = 1e-9 if optimizer == "sgd" else 1e-7
+    _grads_close([alg.params[k].detach() - theta[k] for k in theta], want, tol)  # the updates θ' - θ
+
+
+def test_paths_and_plugin_defaults():
+    assert resolve_path("auto", "cpu") == "loop" and resolve_path("auto", "cuda") == "batched"
+    assert MAML.defaults["inner_lr"] == 0.4 and MAML.defaults["test_inner_steps"] > MAML.defaults["inner_steps"]
+    assert FOMAML.defaults["first_order"] and not MAML.defaults["first_order"]
+    assert ANIL.head_only and "inner_lr" not in MetaSGD.defaults
+    with pytest.raises(ValueError):
+        resolve_path("vectorised", "cpu")
+
+
+# ------------------------------------------------------------------------------ a real, short training
+
+def _separable_split(classes: int = 8, per_class: int = 12) -> LabeledSplit:
+    """Each class a fixed random binary 8x8 pattern, each image that pattern with 10% pixels flipped."""
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.rand(classes, 1, 8, 8, generator=g) < 0.5
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    flips = torch.rand(labels.numel(), 1, 8, 8, generator=g) < 0.1
+    return LabeledSplit((patterns[labels] ^ flips).to(torch.uint8) * 255, labels)
+
+
+@pytest.mark.parametrize("cls,opts", [(MAML, {"outer_lr": 1e-2}), (FOMAML, {"outer_lr": 1e-2}),
+                                      (MetaSGD, {"outer_lr": 1e-2}), (ANIL, {"outer_lr": 1e-2}),
+                                      (Reptile, {"inner_lr": 1e-2, "test_inner_steps": 10})])
+def test_short_training_lowers_the_loss_and_beats_chance(cls, opts):
+    torch.manual_seed(0)
+    split, ways = _separable_split(), 5
+    alg = cls()
+    alg.setup(RunContext(torch.device("cpu"), 0, ways, 1, 3, (1, 8, 8),
+                         cls.resolve_options({"hidden": 8, **opts})))
+    sampler = EpisodeSampler(split.images, split.labels, ways, 1, 3)
+    gen = make_generator(1)
+    stream = iter(lambda: sampler.sample(4, gen), None)
+    losses = alg.meta_train(stream, Budget(steps=30, meta_batch=4))
+    assert sum(losses[-5:]) < sum(losses[:5])
+    idx = fixed_episode_indices(split, ways, 1, 3, episodes=20, seed=2)
+    acc = evaluate(alg, split, idx, shots=1, batch=10)
+    assert float(acc.mean()) > 0.4  # chance is 0.2; 30 steps reach 0.5-0.8
+    assert alg.embed(split.images[:6].float() / 255).shape == (6, alg.model.backbone.out_dim)
+
+
+@pytest.mark.parametrize("cls", [MAML, MetaSGD, ANIL])
+def test_plugin_paths_agree_and_meta_sgd_learns_its_rates(f64, cls):
+    sx, sy, qx, qy = _episodes()
+    after = {}
+    for path in PATHS:
+        alg = cls()
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                             cls.resolve_options({"path": path, "hidden": 8})))
+        lrs0 = {k: v.detach().clone() for k, v in (alg.lrs or {}).items()}
+        loss = alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), 0)
+        after[path] = (loss, {k: v.detach().clone() for k, v in alg.params.items()})
+        if cls is MetaSGD:
+            changed = {k for k, v in alg.lrs.items() if not torch.equal(lrs0[k], v)}
+            # a conv bias feeding batch norm has zero gradient, so its rate has none either
+            assert changed == {k for k in alg.lrs if not k.endswith(".0.bias")}
+    assert after["loop"][0] == pytest.approx(after["batched"][0], rel=1e-12)
+    for k, v in after["loop"][1].items():
+        torch.testing.assert_close(after["batched"][1][k], v, rtol=0, atol=1e-9)
+
+
+def test_predict_with_fewer_ways_than_trained_cuts_the_head():
+    alg = MAML()
+    alg.setup(RunContext(torch.device("cpu"), 0, 5, 1, 2, SHAPE, MAML.resolve_options({"hidden": 8})))
+    sx, sy, qx, _ = _episodes()  # 3-way episodes
+    logits = alg.predict(sx.float(), sy, qx.float(), N)
+    assert logits.shape == (T, N * Q, N) and not logits.requires_grad
+    with pytest.raises(PluginError, match="built for 5 ways"):
+        alg.predict(sx.float(), sy, qx.float(), 6)
