@@ -4,18 +4,16 @@ A stand-in for the learned embeddings CACTUs clusters (Hsu, Levine & Finn 2019 u
 DeepCluster): stride-2 convolutions down to a 7x7-ish map, a linear bottleneck of ``dim`` features, and a
 mirrored decoder trained with binary cross-entropy on pixel intensities in [0, 1]. Training is seeded
 (initialisation and mini-batches), so the same images, seed and options give the same encoder on one
-device. :func:`autoencoder_embeddings` caches the embeddings of a set of images in a cache folder.
+device. :func:`metabench.embeddings.fit_embedder` caches the trained encoder in a cache folder.
 """
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metabench.datacache import cache_key, cached_tensors
 from metabench.episodes import to_float
 from metabench.seeding import make_generator, seeded
 
@@ -102,18 +100,3 @@ def encode(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> 
     """Embeddings ``[M, D]`` of uint8 images ``[M, C, H, W]``, computed in batches on the images' device."""
     return torch.cat([encoder(to_float(images[s:s + batch_size]))
                       for s in range(0, images.shape[0], batch_size)])
-
-
-def autoencoder_embeddings(images: torch.Tensor, seed: int, cache_dir: Path | None = None,
-                           **options: int | float) -> torch.Tensor:
-    """Embeddings ``[M, dim]`` of ``images`` by an autoencoder trained on them (options of
-    :func:`train_autoencoder`), cached in ``cache_dir`` per (seed, data fingerprint, options).
-    """
-    def build() -> dict[str, torch.Tensor]:
-        encoder = train_autoencoder(images, images.device, seed, **options)
-        return {"z": encode(encoder, images).cpu()}
-
-    if cache_dir is None:
-        return build()["z"].to(images.device)
-    key = cache_key("autoencoder", VERSION, seed=seed, data=fingerprint(images), **options)
-    return cached_tensors(Path(cache_dir), key, build)["z"].to(images.device)

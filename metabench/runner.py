@@ -26,7 +26,7 @@ from metabench.progress import progress
 from metabench.records import SCHEMA_VERSION, RecordError, read_record, write_record
 from metabench.registry import Registry
 from metabench.seeding import derive_seed, make_generator
-from metabench.suite import RunSpec, Suite
+from metabench.suite import RunSpec, Suite, plugin_name
 
 
 @dataclass
@@ -56,8 +56,8 @@ def check_suite_plugins(suite: Suite, registry: Registry) -> None:
     for kind, names in (("dataset", suite.datasets), ("task_generator", suite.task_generators),
                         ("algorithm", suite.algorithms)):
         for name in names:
-            info = registry.get(kind, name)
-            info.cls.resolve_options(suite.options.get(name))
+            info = registry.get(kind, plugin_name(name))
+            info.cls.resolve_options(suite.options_for(name))
 
 
 def _sync(device: torch.device) -> None:
@@ -143,7 +143,7 @@ class SuiteRunner:
         key = f"{name}:{sorted(options.items())}"
         if key not in self._datasets:
             self._datasets.clear()  # keep one dataset in memory at a time
-            ds = self.registry.get("dataset", name).cls()
+            ds = self.registry.get("dataset", plugin_name(name)).cls()
             data = ds.load(DataContext(self.settings.data_root, self.settings.cache_dir, options))
             if not isinstance(data, ImageSet):
                 raise PluginError(f"{name}: load() must return an ImageSet, got {type(data).__name__}")
@@ -156,9 +156,9 @@ class SuiteRunner:
         wall0 = time.perf_counter()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        gen_info = self.registry.get("task_generator", spec.task_generator)
-        alg_info = self.registry.get("algorithm", spec.algorithm)
-        ds_info = self.registry.get("dataset", spec.dataset)
+        gen_info = self.registry.get("task_generator", plugin_name(spec.task_generator))
+        alg_info = self.registry.get("algorithm", plugin_name(spec.algorithm))
+        ds_info = self.registry.get("dataset", plugin_name(spec.dataset))
         ds_opts = ds_info.cls.resolve_options(spec.options.get(spec.dataset))
         gen_opts = gen_info.cls.resolve_options(spec.options.get(spec.task_generator))
         alg_opts = alg_info.cls.resolve_options(spec.options.get(spec.algorithm))
@@ -182,7 +182,7 @@ class SuiteRunner:
             algorithm.setup(actx)
 
         episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
-        checked = {"n": 0}
+        checked = {"n": 0, "tasks": 0}
 
         def stream() -> Iterator[EpisodeBatch]:
             while True:
@@ -196,6 +196,7 @@ class SuiteRunner:
                                     p.train_queries, data.image_shape)
                         checked["n"] += 1
                 stage(f"algorithm:{spec.algorithm}")
+                checked["tasks"] += batch.tasks
                 yield batch
 
         desc = f"{label} {spec.run_id.rsplit('__', 1)[0]}"
@@ -237,7 +238,8 @@ class SuiteRunner:
             "config": config,
             "metrics": {"accuracy_mean": mean, "accuracy_ci95": ci, "test_episodes": int(accs.numel()),
                         "final_train_loss": losses[-1] if losses else None, **clustering},
-            "speed": {"meta_train_tasks_per_s": (b.steps * b.meta_batch / train_s) if b.steps else None,
+            "speed": {"meta_train_tasks_per_s": checked["tasks"] / train_s if checked["tasks"] else None,
+                      "meta_train_tasks": checked["tasks"],
                       "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
                       "wall_s": time.perf_counter() - wall0, "peak_mem_mb": _peak_mem_mb(dev)},

@@ -22,6 +22,17 @@ Example::
 
     [options.protonet]                       # per-plugin options, by plugin name
     lr = 0.001
+
+    [budget.maml]                            # optional: a plugin's own budget (not test_episodes)
+    steps = 500
+    meta_batch = 8
+
+    [options."cactus@autoencoder"]           # a variant: the cactus plugin with other options,
+    embedding = "autoencoder"                # listed as "cactus@autoencoder" in task_generators
+
+    [[exclude]]                              # optional: leave combinations out of the grid
+    task_generator = "unlabeled"
+    algorithm = ["protonet", "maml"]
 """
 from __future__ import annotations
 
@@ -40,6 +51,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from metabench.seeding import derive_seed
+
+
+def plugin_name(name: str) -> str:
+    """The plugin behind a suite name: ``cactus@autoencoder`` is the ``cactus`` plugin with the options of
+    ``[options."cactus@autoencoder"]`` (a variant), reported under its full name."""
+    return name.split("@", 1)[0]
 
 
 class SuiteError(ValueError):
@@ -129,19 +146,40 @@ class Suite:
     budget: BudgetSpec
     options: dict[str, dict[str, Any]]
     description: str = ""
+    exclude: list[dict[str, list[str]]] = field(default_factory=list)
+    budgets: dict[str, BudgetSpec] = field(default_factory=dict)
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        """Options of plugin ``name``: ``[options.<plugin>]`` updated by ``[options."<plugin>@<variant>"]``."""
+        return {**self.options.get(plugin_name(name), {}), **self.options.get(name, {})}
+
+    def budget_for(self, task_generator: str, algorithm: str) -> BudgetSpec:
+        """The budget with the algorithm's override (``[budget.<name>]``), else the generator's."""
+        for name in (algorithm, plugin_name(algorithm), task_generator, plugin_name(task_generator)):
+            if name in self.budgets:
+                return self.budgets[name]
+        return self.budget
+
+    def excluded(self, dataset: str, task_generator: str, algorithm: str) -> bool:
+        """True if an ``[[exclude]]`` entry matches this combination."""
+        have = {"dataset": dataset, "task_generator": task_generator, "algorithm": algorithm}
+        return any(all(have[k] in names for k, names in rule.items()) for rule in self.exclude)
 
     def runs(self) -> list[RunSpec]:
-        """The full grid, in a stable order."""
+        """The grid minus the excluded combinations, in a stable order."""
         out = []
         for ds, gen, alg, proto, seed in itertools.product(self.datasets, self.task_generators,
                                                            self.algorithms, self.protocols, self.seeds):
-            opts = {k: dict(self.options[k]) for k in (ds, gen, alg) if k in self.options}
-            out.append(RunSpec(self.name, ds, gen, alg, proto, seed, self.budget, opts))
+            if self.excluded(ds, gen, alg):
+                continue
+            opts = {k: self.options_for(k) for k in (ds, gen, alg) if self.options_for(k)}
+            out.append(RunSpec(self.name, ds, gen, alg, proto, seed, self.budget_for(gen, alg), opts))
         return out
 
 
 _TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
-        "budget", "options"}
+        "budget", "options", "exclude"}
+_EXCLUDE = {"dataset", "task_generator", "algorithm"}
 _PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries"}
 _BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch", "cluster_tasks"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -165,6 +203,28 @@ def _names(where: str, key: str, value: Any) -> list[str]:
     if len(set(value)) != len(value):
         raise _err(where, f"key '{key}' lists a name twice: {value!r}")
     return value
+
+
+def _budget(where: str, key: str, b: dict[str, Any], base: BudgetSpec | None) -> BudgetSpec:
+    """A :class:`BudgetSpec` from table ``b``; with ``base``, a per-plugin override of it."""
+    bad = sorted(set(b) - _BUDGET)
+    if bad:
+        raise _err(where, f"unknown key(s) {bad} in '{key}'; allowed: {sorted(_BUDGET)}")
+    if base is None:
+        for req in ("steps", "meta_batch", "test_episodes"):
+            if req not in b:
+                raise _err(where, f"missing key '{key}.{req}'")
+        b = {"eval_batch": 50, "cluster_tasks": 200, **b}
+    else:
+        if "test_episodes" in b:
+            raise _err(where, f"'{key}.test_episodes' cannot be overridden: every run of a protocol is "
+                              "scored on the same test episodes")
+        b = {**asdict(base), **b}
+    return BudgetSpec(_int(where, f"{key}.steps", b["steps"], 0),
+                      _int(where, f"{key}.meta_batch", b["meta_batch"], 1),
+                      _int(where, f"{key}.test_episodes", b["test_episodes"], 2),
+                      _int(where, f"{key}.eval_batch", b["eval_batch"], 1),
+                      _int(where, f"{key}.cluster_tasks", b["cluster_tasks"], 0))
 
 
 def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: Path | None = None) -> Suite:
@@ -203,17 +263,10 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
     b = data["budget"]
     if not isinstance(b, dict):
         raise _err(where, "key 'budget' must be a table")
-    bad = sorted(set(b) - _BUDGET)
-    if bad:
-        raise _err(where, f"unknown key(s) {bad} in 'budget'; allowed: {sorted(_BUDGET)}")
-    for req in ("steps", "meta_batch", "test_episodes"):
-        if req not in b:
-            raise _err(where, f"missing key 'budget.{req}'")
-    budget = BudgetSpec(_int(where, "budget.steps", b["steps"], 0),
-                        _int(where, "budget.meta_batch", b["meta_batch"], 1),
-                        _int(where, "budget.test_episodes", b["test_episodes"], 2),
-                        _int(where, "budget.eval_batch", b.get("eval_batch", 50), 1),
-                        _int(where, "budget.cluster_tasks", b.get("cluster_tasks", 200), 0))
+    overrides_raw = {k: v for k, v in b.items() if isinstance(v, dict)}
+    b = {k: v for k, v in b.items() if not isinstance(v, dict)}
+    budget = _budget(where, "budget", b, None)
+    overrides = {name: _budget(where, f"budget.{name}", o, budget) for name, o in overrides_raw.items()}
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds):
         raise _err(where, f"key 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
@@ -224,11 +277,28 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
     datasets = _names(where, "datasets", data["datasets"])
     gens = _names(where, "task_generators", data["task_generators"])
     algs = _names(where, "algorithms", data["algorithms"])
-    stray = sorted(set(options) - set(datasets) - set(gens) - set(algs))
-    if stray:
-        raise _err(where, f"[options.{stray[0]}] names no dataset, task generator or algorithm of this suite")
+    known = set(datasets) | set(gens) | set(algs)
+    known |= {plugin_name(n) for n in known}
+    for table, names in (("options", options), ("budget", overrides)):
+        stray = sorted(set(names) - known)
+        if stray:
+            raise _err(where, f"[{table}.{stray[0]}] names no dataset, task generator or algorithm of this "
+                              "suite")
+    exclude = []
+    raw = data.get("exclude", [])
+    if not isinstance(raw, list):
+        raise _err(where, "key 'exclude' must be an array of tables ([[exclude]])")
+    for i, rule in enumerate(raw):
+        if not isinstance(rule, dict) or not rule or set(rule) - _EXCLUDE:
+            raise _err(where, f"key 'exclude[{i}]' must be a table with keys among {sorted(_EXCLUDE)}, "
+                              f"got {rule!r}")
+        exclude.append({k: _names(where, f"exclude[{i}].{k}", v) for k, v in rule.items()})
     desc = data.get("description", "")
-    return Suite(name, path, datasets, gens, algs, protocols, seeds, budget, options, str(desc))
+    suite = Suite(name, path, datasets, gens, algs, protocols, seeds, budget, options, str(desc), exclude,
+                  overrides)
+    if not suite.runs():
+        raise _err(where, "the suite's grid is empty once [[exclude]] is applied")
+    return suite
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -53,3 +53,23 @@ def test_seeds_depend_on_identity_not_on_options():
     assert a.run_seed != c.run_seed and a.test_seed != c.test_seed
     d = parse_suite(_data(algorithms=["other"], options={}), "x").runs()[0]
     assert d.test_seed == a.test_seed and d.run_seed != a.run_seed  # same test episodes for every algorithm
+
+
+def test_variants_overrides_and_exclusions():
+    suite = parse_suite(_data(
+        task_generators=["oracle", "cactus", "cactus@ae"], algorithms=["protonet", "maml"],
+        options={"cactus": {"partitions": 3}, "cactus@ae": {"embedding": "autoencoder"}},
+        budget={"steps": 10, "meta_batch": 1, "test_episodes": 5, "maml": {"steps": 4, "meta_batch": 8}},
+        exclude=[{"task_generator": ["cactus", "cactus@ae"], "algorithm": "maml"}]), "x")
+    runs = {(r.task_generator, r.algorithm): r for r in suite.runs()}
+    assert set(runs) == {("oracle", "protonet"), ("cactus", "protonet"), ("cactus@ae", "protonet"),
+                         ("oracle", "maml")}
+    assert runs["cactus@ae", "protonet"].options["cactus@ae"] == {"partitions": 3, "embedding": "autoencoder"}
+    assert runs["cactus", "protonet"].options["cactus"] == {"partitions": 3}
+    assert (runs["oracle", "maml"].budget.steps, runs["oracle", "maml"].budget.meta_batch) == (4, 8)
+    assert runs["oracle", "maml"].budget.test_episodes == 5 and runs["oracle", "protonet"].budget.steps == 10
+    with pytest.raises(SuiteError, match="cannot be overridden"):
+        parse_suite(_data(budget={"steps": 1, "meta_batch": 1, "test_episodes": 5,
+                                  "protonet": {"test_episodes": 9}}), "x")
+    with pytest.raises(SuiteError, match="grid is empty"):
+        parse_suite(_data(exclude=[{"algorithm": "protonet"}]), "x")

@@ -10,7 +10,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from metabench import PluginError, RunContext, UnlabeledSplit
 from metabench.augment import PROFILES, augment, sample_distinct
-from metabench.autoencoder import autoencoder_embeddings, encode, train_autoencoder
+from metabench.autoencoder import encode, train_autoencoder
+from metabench.embeddings import fit_embedder
 from metabench.episodes import to_float
 from metabench.kmeans import kmeans
 from metabench.registry import discover
@@ -164,9 +165,10 @@ def test_autoencoder_trains_encodes_and_caches(digits, digit_labels, tmp_path):
     z = encode(enc, digits, batch_size=500)
     assert z.shape == (1797, 16) and torch.isfinite(z).all()
     assert torch.equal(z, encode(train_autoencoder(digits, CPU, seed=0, steps=30, dim=16), digits))
-    c1 = autoencoder_embeddings(digits, 0, tmp_path, steps=30, dim=16)
+    c1 = fit_embedder("autoencoder", digits, 0, 16, tmp_path, autoencoder_steps=30)(to_float(digits))
     assert torch.equal(c1, z) and len(list(tmp_path.glob("autoencoder-*.pt"))) == 1
-    assert torch.equal(autoencoder_embeddings(digits, 0, tmp_path, steps=30, dim=16), z)  # from the cache
+    again = fit_embedder("autoencoder", digits, 0, 16, tmp_path, autoencoder_steps=30)  # from the cache
+    assert torch.equal(again(to_float(digits)), z)
 
     def nn_accuracy(steps: int) -> float:  # leave-one-out 1-NN digit accuracy of the embedding
         e = encode(train_autoencoder(digits, CPU, seed=0, steps=steps, dim=16), digits)

@@ -24,36 +24,14 @@ import torch
 
 from metabench import EpisodeBatch, PluginError, RunContext, TaskGenerator, UnlabeledSplit, hookimpl
 from metabench.augment import sample_distinct
-from metabench.autoencoder import autoencoder_embeddings, fingerprint
+from metabench.autoencoder import fingerprint
 from metabench.datacache import cache_key, cached_tensors
 from metabench.episodes import batch_from_indices, to_float
+from metabench.embeddings import EMBEDDINGS, fit_embedder
 from metabench.kmeans import kmeans
 from metabench.seeding import derive_seed
 
 VERSION = 1
-EMBEDDINGS = ("pixels", "pca", "autoencoder")
-
-
-def pca_embed(x: torch.Tensor, dims: int, generator: torch.Generator) -> torch.Tensor:
-    """Projections ``[M, dims]`` of ``x`` ``[M, D]`` on its top principal components (centred, not whitened).
-
-    Exact (eigendecomposition of the covariance) for ``D <= 2048``, else a randomized range finder with
-    power iterations drawn from ``generator``. Component signs are fixed (largest loading positive).
-    """
-    x = x - x.mean(0)
-    m, d = x.shape
-    dims = min(dims, d, m)
-    if d <= 2048:
-        evals, evecs = torch.linalg.eigh((x.T @ x).double())
-        basis = evecs[:, evals.argsort(descending=True)[:dims]].to(x.dtype)
-    else:
-        q = x @ torch.randn(d, dims + 10, generator=generator, device=x.device, dtype=x.dtype)
-        for _ in range(4):
-            q = x @ (x.T @ torch.linalg.qr(q).Q)
-        q = torch.linalg.qr(q).Q
-        basis = torch.linalg.svd(q.T @ x, full_matrices=False).Vh[:dims].T
-    sign = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
-    return x @ (basis * sign)
 
 
 class Cactus(TaskGenerator):
@@ -100,14 +78,10 @@ class Cactus(TaskGenerator):
 
     def _embed(self, ctx: RunContext) -> torch.Tensor:
         """The embedding ``[M, D]`` chosen by the ``embedding`` option."""
-        opts, images = ctx.options, self.images
-        if opts["embedding"] == "autoencoder":
-            return autoencoder_embeddings(images, derive_seed(ctx.seed, "cactus-autoencoder"), ctx.cache_dir,
-                                          steps=opts["autoencoder_steps"], dim=opts["dims"])
-        x = to_float(images).flatten(1)
-        if opts["embedding"] == "pca":
-            x = pca_embed(x, opts["dims"], ctx.generator("cactus-pca"))
-        return x
+        opts = ctx.options
+        embed = fit_embedder(opts["embedding"], self.images, derive_seed(ctx.seed, "cactus-embedding"),
+                             opts["dims"], ctx.cache_dir, opts["autoencoder_steps"])
+        return torch.cat([embed(to_float(self.images[s:s + 4096])) for s in range(0, self.images.shape[0], 4096)])
 
     def _partition(self, ctx: RunContext, k: int) -> torch.Tensor:
         """Cluster labels ``[P, M]`` (int32) of the ``P`` (rescaled) partitions."""
