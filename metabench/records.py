@@ -9,13 +9,16 @@ from typing import Any
 
 import jsonschema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-episode results (metrics.episode_correct); version 1 is refused
 
 _NUM = {"type": ["number", "null"]}
-_OK_METRICS = {"type": "object", "required": ["accuracy_mean", "accuracy_ci95", "test_episodes"],
+_OK_METRICS = {"type": "object", "required": ["accuracy_mean", "accuracy_ci95", "test_episodes",
+                                             "episode_correct", "episode_queries"],
                "properties": {"accuracy_mean": {"type": "number", "minimum": 0, "maximum": 1},
                               "accuracy_ci95": {"type": "number", "minimum": 0},
                               "test_episodes": {"type": "integer", "minimum": 1},
+                              "episode_correct": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                              "episode_queries": {"type": "integer", "minimum": 1},
                               "nmi": {"type": "number", "minimum": 0, "maximum": 1},
                               "ari": {"type": "number", "minimum": -1, "maximum": 1},
                               "cluster_acc": {"type": "number", "minimum": 0, "maximum": 1},

@@ -237,6 +237,9 @@ class SuiteRunner:
             "status": "ok",
             "config": config,
             "metrics": {"accuracy_mean": mean, "accuracy_ci95": ci, "test_episodes": int(accs.numel()),
+                        # per-episode correct query counts: paired comparisons of runs on the same episodes
+                        "episode_correct": [round(a * p.ways * p.queries) for a in accs.tolist()],
+                        "episode_queries": p.ways * p.queries,
                         "final_train_loss": losses[-1] if losses else None, **clustering},
             "speed": {"meta_train_tasks_per_s": checked["tasks"] / train_s if checked["tasks"] else None,
                       "meta_train_tasks": checked["tasks"],

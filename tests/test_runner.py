@@ -55,6 +55,8 @@ def test_run_writes_records_resumes_and_reproduces(tmp_path, env):
     assert rec["status"] == "ok" and rec["config"]["options"]["protonet"]["hidden"] == 16
     m = rec["metrics"]
     assert 0.2 < m["accuracy_mean"] <= 1 and m["test_episodes"] == 40 and m["accuracy_ci95"] > 0
+    assert len(m["episode_correct"]) == 40 and m["episode_queries"] == 25
+    assert sum(m["episode_correct"]) / (40 * 25) == pytest.approx(m["accuracy_mean"])
     assert m["cluster_tasks"] == 40 and 0 < m["nmi"] <= 1 and 0 < m["cluster_acc"] <= 1 and -1 <= m["ari"] <= 1
     assert rec["speed"]["meta_train_tasks_per_s"] > 0 and rec["environment"]["threads"] >= 1
     before = (tmp_path / "results" / "tiny" / name).stat().st_mtime_ns
