@@ -160,17 +160,18 @@ class Suite:
                 return self.budgets[name]
         return self.budget
 
-    def excluded(self, dataset: str, task_generator: str, algorithm: str) -> bool:
+    def excluded(self, dataset: str, task_generator: str, algorithm: str, protocol: Protocol) -> bool:
         """True if an ``[[exclude]]`` entry matches this combination."""
-        have = {"dataset": dataset, "task_generator": task_generator, "algorithm": algorithm}
-        return any(all(have[k] in names for k, names in rule.items()) for rule in self.exclude)
+        have = {"dataset": dataset, "task_generator": task_generator, "algorithm": algorithm,
+                "ways": protocol.ways, "shots": protocol.shots}
+        return any(all(have[k] in values for k, values in rule.items()) for rule in self.exclude)
 
     def runs(self) -> list[RunSpec]:
         """The grid minus the excluded combinations, in a stable order."""
         out = []
         for ds, gen, alg, proto, seed in itertools.product(self.datasets, self.task_generators,
                                                            self.algorithms, self.protocols, self.seeds):
-            if self.excluded(ds, gen, alg):
+            if self.excluded(ds, gen, alg, proto):
                 continue
             opts = {k: self.options_for(k) for k in (ds, gen, alg) if self.options_for(k)}
             out.append(RunSpec(self.name, ds, gen, alg, proto, seed, self.budget_for(gen, alg), opts))
@@ -179,7 +180,7 @@ class Suite:
 
 _TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
         "budget", "options", "exclude"}
-_EXCLUDE = {"dataset", "task_generator", "algorithm"}
+_EXCLUDE = {"dataset", "task_generator", "algorithm", "ways", "shots"}
 _PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries"}
 _BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch", "cluster_tasks"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -225,6 +226,11 @@ def _budget(where: str, key: str, b: dict[str, Any], base: BudgetSpec | None) ->
                       _int(where, f"{key}.test_episodes", b["test_episodes"], 2),
                       _int(where, f"{key}.eval_batch", b["eval_batch"], 1),
                       _int(where, f"{key}.cluster_tasks", b["cluster_tasks"], 0))
+
+
+def _ints(where: str, key: str, value: Any) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    return [_int(where, key, v, 1) for v in values]
 
 
 def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: Path | None = None) -> Suite:
@@ -292,7 +298,8 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
         if not isinstance(rule, dict) or not rule or set(rule) - _EXCLUDE:
             raise _err(where, f"key 'exclude[{i}]' must be a table with keys among {sorted(_EXCLUDE)}, "
                               f"got {rule!r}")
-        exclude.append({k: _names(where, f"exclude[{i}].{k}", v) for k, v in rule.items()})
+        exclude.append({k: _ints(where, f"exclude[{i}].{k}", v) if k in ("ways", "shots")
+                        else _names(where, f"exclude[{i}].{k}", v) for k, v in rule.items()})
     desc = data.get("description", "")
     suite = Suite(name, path, datasets, gens, algs, protocols, seeds, budget, options, str(desc), exclude,
                   overrides)

@@ -71,5 +71,9 @@ def test_variants_overrides_and_exclusions():
     with pytest.raises(SuiteError, match="cannot be overridden"):
         parse_suite(_data(budget={"steps": 1, "meta_batch": 1, "test_episodes": 5,
                                   "protonet": {"test_episodes": 9}}), "x")
+    two = parse_suite(_data(protocols=[{"ways": 5, "shots": 1, "queries": 1}, {"ways": 10, "shots": 1, "queries": 1}],
+                            datasets=["digits", "mnist"], exclude=[{"dataset": "digits", "ways": 10},
+                                                                   {"dataset": "mnist", "ways": [5]}]), "x")
+    assert {(r.dataset, r.protocol.ways) for r in two.runs()} == {("digits", 5), ("mnist", 10)}
     with pytest.raises(SuiteError, match="grid is empty"):
         parse_suite(_data(exclude=[{"algorithm": "protonet"}]), "x")

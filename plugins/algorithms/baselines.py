@@ -5,7 +5,7 @@ show what meta-learning adds on top of the embedding alone.
 ``embed_knn`` classifies queries by their k nearest support images; ``embed_linear`` fits a multinomial
 logistic regression on each task's support set (all tasks of a batch at once). The embedding (option
 ``embedding``) is ``pixels``, ``pca`` or ``autoencoder`` (see :mod:`metabench.embeddings`); features are
-L2-normalised. Neither uses any task: pair them with the ``unlabeled`` generator.
+L2-normalised unless ``normalize = false`` (raw pixels: the classic k-means-on-pixels clustering baseline). Neither uses any task: pair them with the ``unlabeled`` generator.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from metabench.seeding import derive_seed
 
 
 class _EmbeddingBaseline(Algorithm):
-    defaults = {"embedding": "pca", "dims": 64, "autoencoder_steps": 1500}
+    defaults = {"embedding": "pca", "dims": 64, "autoencoder_steps": 1500, "normalize": True}
 
     def setup(self, ctx: RunContext) -> None:
         """Fit the embedding on ``ctx.unlabeled`` (never on labels)."""
@@ -43,8 +43,9 @@ class _EmbeddingBaseline(Algorithm):
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding ``[M, D]``."""
-        return F.normalize(self.embedder(x).float(), dim=1)
+        """The embedding ``[M, D]``, L2-normalised unless ``normalize = false``."""
+        z = self.embedder(x).float()
+        return F.normalize(z, dim=1) if self.options["normalize"] else z
 
     def _features(self, support_x: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t, s, q = support_x.shape[0], support_x.shape[1], query_x.shape[1]
