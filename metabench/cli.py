@@ -92,9 +92,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     records, errors = load_records(Path(args.results))
     for e in errors:
         print(f"metabench: warning: record left out: {e}", file=sys.stderr)
-    paths = write_leaderboard(records, Path(args.out))
+    paths = write_leaderboard(records, Path(args.out), _registry(args))
     print(f"metabench: {len(records)} record(s) -> {', '.join(map(str, paths))}", file=sys.stderr)
     return 1 if errors and args.strict else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare two results folders (or records) run by run; exit 1 on a significant regression."""
+    from metabench.compare import main as compare_main
+
+    return compare_main(args.base, args.new, alpha=args.alpha, test=args.test, correction=args.correction,
+                        as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,11 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run runs whose records exist")
     run.set_defaults(func=cmd_run)
 
-    lb = sub.add_parser("leaderboard", help="regenerate the leaderboards from the records")
+    lb = sub.add_parser("leaderboard", parents=[plug], help="regenerate the leaderboards from the records")
     lb.add_argument("--results", default="results", help="folder searched recursively for records")
-    lb.add_argument("--out", default="leaderboards", help="where README.md and leaderboard.csv go")
+    lb.add_argument("--out", default="leaderboards",
+                    help="where README.md, leaderboard.csv, index.html and REPRODUCTION.md go")
     lb.add_argument("--strict", action="store_true", help="exit 1 when a record had to be left out")
     lb.set_defaults(func=cmd_leaderboard)
+
+    cmp = sub.add_parser("compare", help="test NEW against BASE run by run on the paired test episodes; "
+                                         "exit 1 on a significant regression")
+    cmp.add_argument("base", help="results folder (searched recursively) or one record file")
+    cmp.add_argument("new", help="results folder (searched recursively) or one record file")
+    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    cmp.add_argument("--test", choices=["ttest", "wilcoxon"], default="ttest",
+                     help="paired test on per-episode accuracy (default: paired t-test)")
+    cmp.add_argument("--correction", choices=["holm", "none"], default="holm",
+                     help="multiple-comparison correction over the matched runs (default: holm)")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp.set_defaults(func=cmd_compare)
 
     from metabench import bench
 

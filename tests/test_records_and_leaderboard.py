@@ -83,7 +83,8 @@ def test_leaderboard_is_byte_identical_and_survives_a_corrupt_record(tmp_path, c
         out = tmp_path / f"lb{n}"
         assert main(["leaderboard", "--results", str(tmp_path / "results"), "--out", str(out)]) == 0
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
-    assert outs[0] == outs[1] and set(outs[0]) == {"README.md", "leaderboard.csv"}
+    assert outs[0] == outs[1] and set(outs[0]) == {"README.md", "leaderboard.csv", "index.html",
+                                                      "REPRODUCTION.md"}
     err = capsys.readouterr().err
     assert "zz_corrupt.json" in err and "not valid JSON" in err
     md = outs[0]["README.md"].decode()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from metabench import Algorithm, EpisodeBatch, PluginError, RunContext, hookimpl
+from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
 from metabench.inner_loop import InnerLoop, MetaModel, Params, fit_head, meta_batch_query, resolve_path
 from metabench.seeding import derive_seed, seeded
 
@@ -26,6 +26,9 @@ class MAML(Algorithm):
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
                 "first_order": False, "path": "auto", "hidden": 64}
+    claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
+                        {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
+                        note="paper: strided-conv net; not re-checked against the PDF here")
     head_only = False  # ANIL adapts only the head
 
     def setup(self, ctx: RunContext) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metabench import Algorithm, EpisodeBatch, RunContext, hookimpl
+from metabench import Algorithm, Claim, EpisodeBatch, RunContext, hookimpl
 from metabench.nets import Conv4
 from metabench.seeding import derive_seed, seeded
 
@@ -31,6 +31,9 @@ class ProtoNet(Algorithm):
     paper = "Snell, Swersky & Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS)"
     defaults = {"lr": 1e-3, "lr_decay_every": 2000, "lr_decay": 0.5, "hidden": 64,
                 "channels_last": True}
+    claims = Claim.grid("Snell et al. 2017", "Table 1", "omniglot",
+                        {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
+                        note="no CI published; trained 60-way; 5-way figures checked on Papers with Code")
 
     def setup(self, ctx: RunContext) -> None:
         """Build the Conv-4 embedding and its Adam optimiser."""

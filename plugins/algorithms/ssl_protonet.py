@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from metabench import Budget, EpisodeBatch, PluginError, RunContext, hookimpl
+from metabench import Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
 from metabench.augment import PROFILES, augment, auto_profile, sample_distinct
 from metabench.episodes import to_float
 from metabench_plugins.algorithms.protonet import ProtoNet, prototype_logits
@@ -29,6 +29,10 @@ class SSLProtoNet(ProtoNet):
              "Few-Shot Classification, arXiv:2006.11325")
     defaults = {**ProtoNet.defaults, "pretrain_steps": 1000, "pretrain_ways": 50, "pretrain_queries": 3,
                 "augmentation": "auto"}
+    claims = Claim.grid("Medina et al. 2020 (ProtoTransfer)", "Table 1", "omniglot",
+                        {(5, 1): (88.00, 0.64), (5, 5): (96.48, 0.26), (20, 1): (72.27, 0.47),
+                         (20, 5): (89.08, 0.28)}, task_generator="unlabeled",
+                        note="paper fine-tunes (ProtoTune), ours does not; not re-checked against the PDF here")
 
     def setup(self, ctx: RunContext) -> None:
         """Build the ProtoNet model and keep the unlabeled images for pre-training."""
