@@ -52,10 +52,12 @@ class Cactus(TaskGenerator):
     }
     claims = (*Claim.grid("Hsu et al. 2019 (CACTUs-ProtoNets, ACAI)", "Omniglot table", "omniglot",
                           {(5, 1): 68.12, (5, 5): 83.58, (20, 1): 47.75, (20, 5): 66.27}, algorithm="protonet",
-                          note="paper embeds with ACAI, ours with `embedding`; not re-checked against the PDF"),
+                          note="row 'CACTUs-ProtoNets', ACAI (ours: `embedding`); paper not readable here: values "
+                               "match later papers' copies, ACAI recalled; MNIST 10-way values not found"),
               *Claim.grid("Hsu et al. 2019 (CACTUs-MAML, ACAI)", "Omniglot table", "omniglot",
                           {(5, 1): 68.84, (5, 5): 87.78, (20, 1): 48.09, (20, 5): 73.36}, algorithm="maml",
-                          note="paper embeds with ACAI, ours with `embedding`; not re-checked against the PDF"))
+                          note="row 'CACTUs-MAML', ACAI (ours: `embedding`); paper not readable here: values "
+                               "match later papers' copies, ACAI recalled; MNIST 10-way values not found"))
 
     def setup(self, data: UnlabeledSplit, ctx: RunContext) -> None:
         """Embed the images, build (or load) the partitions, and index their usable clusters."""

@@ -27,7 +27,8 @@ class Umtra(TaskGenerator):
     defaults = {"augmentation": "auto"}
     claims = Claim.grid("Khodadadeh et al. 2019 (UMTRA + MAML)", "Omniglot table", "omniglot",
                         {(5, 1): 83.80, (5, 5): 95.43, (20, 1): 74.25, (20, 5): 92.12}, algorithm="maml",
-                        note="not re-checked against the PDF here")
+                        note="row 'UMTRA' (NeurIPS version); paper not readable here: all four match a later "
+                             "paper's copy of the table; table number not verified")
 
     def setup(self, data: UnlabeledSplit, ctx: RunContext) -> None:
         """Keep the images and resolve the augmentation profile."""
