@@ -57,30 +57,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = Settings(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                         cache_dir=Path(args.cache_dir or default_cache_dir()), device=_device(args.device),
                         force=args.force)
+    from metabench.executors import ExecutorError, make_executor, sigterm_exits
+
+    try:
+        executor = make_executor(args.executor, workers=args.workers, address=args.address,
+                                 run_timeout=args.run_timeout, ray_cpus_per_run=args.ray_cpus_per_run,
+                                 ray_gpus_per_run=args.ray_gpus_per_run, threads=args.threads,
+                                 plugins_dirs=args.plugins_dir or ())
+    except ExecutorError as exc:
+        print(f"metabench: error: {exc}", file=sys.stderr)
+        return 2
     runner = SuiteRunner(suite, reg, settings)
     runs = suite.runs()
-    print(f"metabench: suite {suite.name!r}: {len(runs)} run(s) on {settings.device}, records in "
-          f"{runner.out_dir}", file=sys.stderr)
+    print(f"metabench: suite {suite.name!r}: {len(runs)} run(s) on {settings.device} ({executor.name} "
+          f"executor), records in {runner.out_dir}", file=sys.stderr)
 
     def report(o) -> None:
         if o.status == "ok":
             m = o.record["metrics"]
             msg = f"ok      {100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_ci95']:.2f}%"
         else:
-            msg = o.status if o.status == "skipped" else f"FAILED  {o.error}"
+            msg = (f"skipped ({o.error})" if o.error else "skipped") if o.status == "skipped" \
+                else f"FAILED  {o.error} [{o.record.get('failed_plugin') if o.record else None}]"
         print(f"  {o.run_id}: {msg}", file=sys.stderr)
 
     try:
-        outcomes = runner.run_all(report)
-    except (UnknownPluginError, PluginError) as exc:
+        with sigterm_exits():
+            outcomes = runner.run_all(report, executor)
+    except (UnknownPluginError, PluginError, ExecutorError) as exc:
         print(f"metabench: error in suite {args.suite}: {exc}", file=sys.stderr)
         return 2
     failed = [o for o in outcomes if o.status == "failed"]
     done = sum(o.status == "ok" for o in outcomes)
-    skipped = sum(o.status == "skipped" for o in outcomes)
-    print(f"metabench: {done} ran, {skipped} skipped (already done), {len(failed)} failed", file=sys.stderr)
+    elsewhere = sum(o.status == "skipped" and o.error is not None for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes) - elsewhere
+    print(f"metabench: {done} ran, {skipped} skipped (already done), "
+          + (f"{elsewhere} skipped (running elsewhere), " if elsewhere else "")
+          + f"{len(failed)} failed", file=sys.stderr)
     for o in failed:
-        print(f"  failed: {o.run_id}: {o.error}", file=sys.stderr)
+        print(f"  failed: {o.run_id} [{o.record.get('failed_plugin') if o.record else None}]: {o.error}",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -105,6 +121,56 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         as_json=args.json)
 
 
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_check_plugin(args: argparse.Namespace) -> int:
+    """Run the conformance battery on one plugin; exit 1 if a check fails."""
+    from metabench.conformance import check_plugin, failures
+
+    options = {}
+    for item in args.option or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"metabench: error: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        options[key] = _option_value(value)
+    results = check_plugin(args.name, args.kind, plugins_dirs=args.plugins_dir or (), options=options,
+                           data_root=args.data_root, cache_dir=args.cache_dir, isolated=not args.in_process)
+    if args.json:
+        print(json.dumps([r._asdict() for r in results], indent=2))
+    else:
+        from tabulate import tabulate
+
+        word = {True: "PASS", False: "FAIL", None: "skip"}
+        print(tabulate([[r.check, word[r.ok], r.message] for r in results],
+                       headers=["check", "result", "message"], tablefmt="simple", maxcolwidths=[None, None, 90]))
+    bad = failures(results)
+    print(f"metabench: {args.name}: " + (f"{len(bad)} check(s) failed: " + ", ".join(r.check for r in bad)
+                                         if bad else f"all {len(results)} checks passed or did not apply"),
+          file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """Write a ready-to-edit plugin package."""
+    from metabench.scaffold import ScaffoldError, new_plugin
+
+    try:
+        root = new_plugin(args.kind, args.name, Path(args.dir))
+    except ScaffoldError as exc:
+        print(f"metabench: error: {exc}", file=sys.stderr)
+        return 2
+    print(root)
+    print(f"metabench: wrote {root}; next: pip install -e {root} && metabench check-plugin {args.name}",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``metabench`` command."""
     p = argparse.ArgumentParser(prog="metabench", description=__doc__)
@@ -126,6 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
                                          "~/.cache/metabench)")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     run.add_argument("--force", action="store_true", help="re-run runs whose records exist")
+    run.add_argument("--executor", choices=["local", "process", "ray"], default="local",
+                     help="local: this process, one run at a time (default); process: a pool of worker "
+                          "processes, one per run; ray: one Ray task per run (pip install 'metabench[ray]')")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="process: runs at once (default: CPU cores); ray: CPUs of a local Ray started for "
+                          "the call (default: all)")
+    run.add_argument("--address", metavar="ADDR",
+                     help="ray: a running cluster ('auto' or host:port); default: start a local Ray")
+    run.add_argument("--threads", type=int, metavar="T",
+                     help="torch threads per run, for every executor (default: torch's default here, so "
+                          "all executors give bit-identical records; cores/workers avoids oversubscription)")
+    run.add_argument("--run-timeout", type=float, metavar="SECONDS",
+                     help="kill a run after this many seconds; it gets a failed record")
+    run.add_argument("--ray-cpus-per-run", type=float, default=1.0, metavar="C",
+                     help="ray: CPUs each run asks for (default 1)")
+    run.add_argument("--ray-gpus-per-run", type=float, metavar="G",
+                     help="ray: GPUs (or a fraction of one) each run asks for (default: 1 with --device cuda, "
+                          "else 0)")
     run.set_defaults(func=cmd_run)
 
     lb = sub.add_parser("leaderboard", parents=[plug], help="regenerate the leaderboards from the records")
@@ -146,6 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multiple-comparison correction over the matched runs (default: holm)")
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp.set_defaults(func=cmd_compare)
+
+    chk = sub.add_parser("check-plugin", parents=[plug],
+                         help="run the conformance battery on one plugin (exit 1 if a check fails)")
+    chk.add_argument("name", help="the plugin's name")
+    chk.add_argument("--kind", choices=["dataset", "task_generator", "algorithm"],
+                     help="needed only when several kinds have a plugin of that name")
+    chk.add_argument("--option", action="append", metavar="KEY=VALUE",
+                     help="a plugin option for the checks and the smoke run, VALUE in JSON (repeatable)")
+    chk.add_argument("--data-root", help="data root for dataset plugins (default $METABENCH_DATA or ./data)")
+    chk.add_argument("--cache-dir", help="cache folder (default $METABENCH_CACHE or ~/.cache/metabench)")
+    chk.add_argument("--in-process", action="store_true",
+                     help="smoke-run in this process instead of a fresh worker process")
+    chk.add_argument("--json", action="store_true", help="print the results as JSON")
+    chk.set_defaults(func=cmd_check_plugin)
+
+    new = sub.add_parser("new-plugin", help="write a ready-to-edit plugin package DIR/metabench-NAME/")
+    new.add_argument("kind", choices=["dataset", "task_generator", "algorithm"])
+    new.add_argument("name", help="plugin name: lower case letters, digits and _ (e.g. my_protonet)")
+    new.add_argument("--dir", default=".", help="where the package folder goes (default: here)")
+    new.set_defaults(func=cmd_new_plugin)
 
     from metabench import bench
 

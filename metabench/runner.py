@@ -73,13 +73,17 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 class _Stage:
-    """Remembers which plugin is running, so a failure can be blamed on it."""
+    """Remembers which plugin is running, so a failure can be blamed on it; ``on_enter`` (optional) hears
+    of each stage entered, e.g. to let a supervising process blame the right plugin for a timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_enter: Callable[[str], None] | None = None) -> None:
         self.plugin: str | None = None
+        self.on_enter = on_enter
 
     def __call__(self, plugin: str) -> "_Stage":
         self.plugin = plugin
+        if self.on_enter is not None:
+            self.on_enter(plugin)
         return self
 
     def __enter__(self) -> "_Stage":
@@ -98,23 +102,28 @@ class SuiteRunner:
         self.suite, self.registry, self.settings = suite, registry, settings
         self.out_dir = settings.results / suite.name
         self._datasets: dict[str, ImageSet] = {}
+        self.on_stage: Callable[[str], None] | None = None  # told "kind:name" of each plugin stage entered
         environment.git_commit()  # pin the source commit now, before anything can change the tree
 
     def record_path(self, spec: RunSpec) -> Path:
         """Where the record of ``spec`` lives."""
         return self.out_dir / f"{spec.run_id}.json"
 
-    def run_all(self, on_outcome: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
-        """Run (or skip) every run of the suite; returns the outcomes in suite order."""
+    def run_all(self, on_outcome: Callable[[RunOutcome], None] | None = None,
+                executor: Any = None) -> list[RunOutcome]:
+        """Run (or skip) every run of the suite on ``executor`` (default: this process, one run after
+        another; see :mod:`metabench.executors`); ``on_outcome`` hears of each run as it completes. Returns
+        the outcomes in suite order."""
+        from metabench.executors import LocalExecutor
+
         check_suite_plugins(self.suite, self.registry)
-        outcomes = []
         runs = self.suite.runs()
-        for i, spec in enumerate(runs):
-            outcome = self.run_one(spec, label=f"[{i + 1}/{len(runs)}]")
-            outcomes.append(outcome)
+        done: dict[str, RunOutcome] = {}
+        for outcome in (executor or LocalExecutor()).execute(self, runs):
+            done[outcome.run_id] = outcome
             if on_outcome is not None:
                 on_outcome(outcome)
-        return outcomes
+        return [done[spec.run_id] for spec in runs if spec.run_id in done]
 
     def run_one(self, spec: RunSpec, label: str = "") -> RunOutcome:
         """Run ``spec`` unless its ``ok`` record exists; always leaves a complete record or none."""
@@ -126,7 +135,7 @@ class SuiteRunner:
                     return RunOutcome(spec.run_id, "skipped", path, record=rec)
             except RecordError:
                 pass  # a corrupt or foreign record is replaced by a fresh run
-        stage = _Stage()
+        stage = _Stage(self.on_stage)
         start = time.perf_counter()
         try:
             record = self._execute(spec, stage, label)
@@ -136,6 +145,14 @@ class SuiteRunner:
             record = self._failed_record(spec, stage.plugin, exc, time.perf_counter() - start)
         write_record(path, record)
         return RunOutcome(spec.run_id, record["status"], path, record.get("error"), record)
+
+    def failure_record(self, spec: RunSpec, plugin: str | None, error: str, wall_s: float,
+                       tb: str = "") -> dict[str, Any]:
+        """A ``failed`` record for a failure seen outside :meth:`run_one` (a run killed at its time limit,
+        a worker process that died)."""
+        record = self._failed_record(spec, plugin, RuntimeError(error), wall_s)
+        record["error"], record["traceback"] = error, tb
+        return record
 
     # ----------------------------------------------------------------------------------- internals
 

@@ -1,0 +1,484 @@
+"""``metabench check-plugin``: a conformance battery for one plugin, before it goes on a leaderboard.
+
+Every plugin: found through its hook, honours the contract of its kind (subclass, ``name``, ``defaults``,
+no abstract method left), its class pickles by reference, and a smoke run of a tiny suite on ``digits``
+ends with an ``ok`` record; by default that run happens in a fresh worker process through the ``process``
+executor, which is how ``process`` and ``ray`` runs find the plugin. Then, by kind:
+
+* dataset: ``load`` returns an :class:`~metabench.contracts.ImageSet` (uint8 images), ``train`` and ``test``
+  splits that are disjoint and in range, enough classes for a 5-way test task, and the same tensors twice;
+* task generator: ``sample`` gives an :class:`~metabench.contracts.EpisodeBatch` of the promised shapes,
+  dtypes and labels with images in [0, 1]; the same seed gives the same batch and another seed another one;
+  an unsupervised generator (``uses_labels = False``) is handed an ``UnlabeledSplit`` and gives identical
+  batches when the labels of the data are permuted;
+* algorithm: ``setup``, ``meta_train`` (finite losses), ``predict`` (logits ``[T, N*Q, N]``) and ``embed``
+  (features ``[M, D]``) behave, and a tiny run is bit-identical under the same seed.
+
+:func:`check_plugin` returns :class:`CheckResult` tuples ``(check, ok, message)``; ``ok`` is ``None`` for a
+check that could not apply (e.g. a dataset whose files are absent).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from metabench.contracts import (KINDS, Budget, DataContext, DatasetNotFoundError, EpisodeBatch, ImageSet,
+                                 LabeledSplit, RunContext, UnlabeledSplit)
+from metabench.episodes import EpisodeSampler
+from metabench.registry import HOOKS, PluginInfo, Registry, UnknownPluginError, discover
+from metabench.seeding import derive_seed, make_generator
+
+WAYS, SHOTS, QUERIES, TASKS = 5, 1, 3, 2  # the shape of every task the battery asks for
+
+
+class CheckResult(NamedTuple):
+    """One line of the report: the check, whether it passed (``None``: did not apply) and why."""
+
+    check: str
+    ok: bool | None
+    message: str
+
+
+class Problem(Exception):
+    """A check failed; the message says what is wrong."""
+
+
+class _Skip(Exception):
+    """A check does not apply; the message says why."""
+
+
+class _Battery:
+    """Collects results; a check whose prerequisites did not pass reports 'not run'."""
+
+    def __init__(self) -> None:
+        self.results: list[CheckResult] = []
+        self.passed: set[str] = set()
+
+    def run(self, name: str, fn: Callable[[list[str]], Any], needs: Sequence[str] = ()) -> Any:
+        """Run check ``fn(note)`` (``note``: a list its message parts go to); returns what ``fn`` returns,
+        or None if it did not pass."""
+        missing = [n for n in needs if n not in self.passed]
+        if missing:
+            self.results.append(CheckResult(name, None, f"not run: needs {', '.join(missing)}"))
+            return None
+        note: list[str] = []
+        try:
+            value = fn(note)
+        except _Skip as exc:
+            self.results.append(CheckResult(name, None, str(exc)))
+        except Problem as exc:
+            self.results.append(CheckResult(name, False, str(exc)))
+        except Exception as exc:  # a plugin raising is a failure of that check, named as such
+            self.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
+        else:
+            self.passed.add(name)
+            self.results.append(CheckResult(name, True, "; ".join(note)))
+            return value
+        return None
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise Problem(msg)
+
+
+def _same_batch(a: EpisodeBatch, b: EpisodeBatch) -> bool:
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("support_x", "support_y", "query_x",
+                                                                  "query_y"))
+
+
+def _digits(registry: Registry, data_root: Path, cache_dir: Path) -> ImageSet:
+    info = registry.get("dataset", "digits")
+    return info.cls().load(DataContext(data_root, cache_dir, info.cls.resolve_options({})))
+
+
+def _context(seed: int, image_shape: tuple[int, int, int], options: dict[str, Any], cache_dir: Path,
+             unlabeled: UnlabeledSplit | None = None) -> RunContext:
+    return RunContext(torch.device("cpu"), seed, WAYS, SHOTS, QUERIES, image_shape, options, cache_dir,
+                      unlabeled=unlabeled)
+
+
+# ------------------------------------------------------------------------------------------- common
+
+
+def _check_contract(b: _Battery, info: PluginInfo, options: dict[str, Any]) -> dict[str, Any] | None:
+    cls = info.cls
+
+    def contract(note: list[str]) -> dict[str, Any]:
+        base = HOOKS[info.kind][1]
+        _require(issubclass(cls, base), f"{cls.__qualname__} is not a {base.__name__} subclass")
+        _require(cls.name == info.name, f"class attribute name is {cls.name!r}, registered as {info.name!r}")
+        abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+        _require(not inspect.isabstract(cls), f"{cls.__qualname__} leaves abstract method(s) "
+                                              f"{abstract} unimplemented")
+        _require(isinstance(cls.defaults, dict) and all(isinstance(k, str) for k in cls.defaults),
+                 "`defaults` must be a dict of option name -> default value")
+        resolved = cls.resolve_options(options)
+        cls()  # the runner instantiates plugins without arguments
+        if info.kind == "task_generator":
+            _require(isinstance(cls.uses_labels, bool), "`uses_labels` must be True or False")
+        note.append(f"options {resolved}")
+        if not cls.description:
+            note.append("no `description` (the docstring's first line is shown instead)")
+        return resolved
+
+    return b.run("contract", contract)
+
+
+def _check_pickle(b: _Battery, cls: type, instance: Any) -> None:
+    def picklable(note: list[str]) -> None:
+        try:
+            again = pickle.loads(pickle.dumps(cls))
+        except Exception as exc:
+            raise Problem(f"the class does not pickle ({type(exc).__name__}: {exc}); define it at the top "
+                          f"level of an importable module") from None
+        _require(again is cls, f"unpickling {cls.__qualname__} gives another class ({again!r}): define it "
+                               "at the top level of its module")
+        note.append("class pickles by reference")
+        if instance is not None:
+            try:
+                pickle.dumps(instance)
+                note.append("an instance (after setup) pickles too")
+            except Exception as exc:  # informational: executors rebuild plugins in each worker
+                note.append(f"an instance (after setup) does not pickle ({type(exc).__name__}); fine for "
+                            "metabench's executors, which build plugins inside each worker")
+
+    b.run("picklable", picklable)
+
+
+def smoke_suite(kind: str, name: str, options: dict[str, Any], no_tasks: bool = False) -> dict[str, Any]:
+    """The tiny suite (as TOML data) that smoke-runs plugin ``name`` of ``kind`` on ``digits``."""
+    grid = {"dataset": "digits", "task_generator": "oracle", "algorithm": "protonet"}
+    grid[kind] = name
+    if no_tasks and kind == "task_generator":
+        grid["algorithm"] = "embed_knn"
+    opts: dict[str, dict[str, Any]] = {}
+    if grid["algorithm"] == "protonet":
+        opts["protonet"] = {"hidden": 8}
+    if grid["algorithm"] == "embed_knn":
+        opts["embed_knn"] = {"embedding": "pixels"}
+    if options:
+        opts[name] = {**opts.get(name, {}), **options}
+    return {"name": f"check-{name}", "datasets": [grid["dataset"]], "task_generators": [grid["task_generator"]],
+            "algorithms": [grid["algorithm"]], "seeds": [0],
+            "protocols": [{"ways": WAYS, "shots": SHOTS, "queries": QUERIES}],
+            "budget": {"steps": 3, "meta_batch": TASKS, "test_episodes": 10, "eval_batch": 10,
+                       "cluster_tasks": 3},
+            "options": opts}
+
+
+def _check_smoke(b: _Battery, info: PluginInfo, registry: Registry, options: dict[str, Any],
+                 plugins_dirs: Sequence[Path], data_root: Path, cache_dir: Path, isolated: bool,
+                 no_tasks: bool) -> None:
+    from metabench.executors import LocalExecutor, ProcessExecutor
+    from metabench.runner import Settings, SuiteRunner
+    from metabench.suite import parse_suite
+
+    def smoke(note: list[str]) -> None:
+        suite = parse_suite(smoke_suite(info.kind, info.name, options, no_tasks), f"check-{info.name}")
+        with tempfile.TemporaryDirectory(prefix="metabench-check-") as tmp:
+            settings = Settings(Path(tmp), data_root, cache_dir)
+            executor = (ProcessExecutor(1, threads=torch.get_num_threads(), plugins_dirs=plugins_dirs)
+                        if isolated else LocalExecutor())
+            (outcome,) = SuiteRunner(suite, registry, settings).run_all(executor=executor)
+        rec = outcome.record or {}
+        if outcome.status != "ok":
+            if "DatasetNotFoundError" in str(outcome.error):
+                raise _Skip(f"dataset files absent: {outcome.error}")
+            raise Problem(f"the tiny digits suite failed in {rec.get('failed_plugin')}: {outcome.error}")
+        m = rec["metrics"]
+        note.append(f"{outcome.run_id}: accuracy {100 * m['accuracy_mean']:.1f}% on {m['test_episodes']} "
+                    f"episodes" + (" in a fresh worker process" if isolated else ""))
+
+    b.run("smoke run (worker process)" if isolated else "smoke run", smoke, needs=["contract"])
+
+
+# ------------------------------------------------------------------------------------------- by kind
+
+
+def _check_dataset(b: _Battery, info: PluginInfo, opts: dict[str, Any], data_root: Path,
+                   cache_dir: Path) -> Any:
+    ds = info.cls()
+
+    def load(note: list[str]) -> ImageSet:
+        try:
+            data = ds.load(DataContext(data_root, cache_dir, opts))
+        except DatasetNotFoundError as exc:
+            raise _Skip(f"data absent, checks skipped: {exc}") from None
+        _require(isinstance(data, ImageSet), f"load() must return an ImageSet, got {type(data).__name__}")
+        note.append(f"{data.images.shape[0]} images {tuple(data.image_shape)} uint8, "
+                    f"{int(data.labels.unique().numel())} classes")
+        return data
+
+    data = b.run("load", load, needs=["contract"])
+
+    def images(note: list[str]) -> None:
+        img = data.images
+        _require(img.dtype == torch.uint8 and img.dim() == 4, f"images must be uint8 [N, C, H, W], got "
+                                                              f"{img.dtype} {tuple(img.shape)}")
+        _require(img.shape[0] > 0 and 1 <= img.shape[1] <= 4, f"images {tuple(img.shape)}: want N > 0 and "
+                                                               "1..4 channels")
+        _require(data.labels.dtype == torch.int64, f"labels must be int64, got {data.labels.dtype}")
+
+    def splits(note: list[str]) -> None:
+        _require({"train", "test"} <= set(data.splits), f"splits must include 'train' and 'test', got "
+                                                        f"{sorted(data.splits)}")
+        n = data.images.shape[0]
+        seen: dict[str, set[int]] = {}
+        for split, idx in data.splits.items():
+            _require(idx.numel() > 0, f"split {split!r} is empty")
+            _require(int(idx.min()) >= 0 and int(idx.max()) < n,
+                     f"split {split!r} has indices outside 0..{n - 1}")
+            members = set(idx.tolist())
+            _require(len(members) == idx.numel(), f"split {split!r} lists an image twice")
+            for other, theirs in seen.items():
+                both = members & theirs
+                if both:
+                    raise Problem(f"splits {other!r} and {split!r} share {len(both)} image(s), e.g. index "
+                                  f"{min(both)}: splits must be disjoint")
+            seen[split] = members
+        test = data.split("test")
+        counts = torch.unique(test.labels, return_counts=True)[1]
+        usable = int((counts >= SHOTS + QUERIES).sum())
+        _require(usable >= WAYS, f"the test split has {usable} classes with >= {SHOTS + QUERIES} images; a "
+                                 f"{WAYS}-way task needs {WAYS}")
+        by_class = not set(data.split("train").labels.tolist()) & set(test.labels.tolist())
+        note.append(", ".join(f"{k}: {v.numel()}" for k, v in data.splits.items())
+                    + ("; split by class" if by_class else "; split by image"))
+
+    def deterministic(note: list[str]) -> None:
+        again = info.cls().load(DataContext(data_root, cache_dir, opts))
+        _require(torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels)
+                 and data.splits.keys() == again.splits.keys()
+                 and all(torch.equal(data.splits[k], again.splits[k]) for k in data.splits),
+                 "two loads give different images, labels or splits")
+        note.append("two loads give identical tensors")
+
+    b.run("images", images, needs=["load"])
+    b.run("splits", splits, needs=["load"])
+    b.run("deterministic", deterministic, needs=["load"])
+    return ds if data is not None else None
+
+
+def _check_generator(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits: ImageSet,
+                     cache_dir: Path) -> tuple[Any, bool]:
+    cls = info.cls
+    train = digits.split("train")
+    shape = digits.image_shape
+    no_tasks = getattr(cls, "gives_tasks", True) is False
+
+    def label_access(what: str, exc: AttributeError) -> None:
+        if not cls.uses_labels and "label" in str(exc):
+            raise Problem(f"{what} tried to read labels from the UnlabeledSplit it was given ({exc}); an "
+                          "unsupervised generator sees images only (set uses_labels = True for a supervised "
+                          "one)") from None
+
+    def fresh(split: LabeledSplit) -> Any:
+        gen = cls()
+        try:
+            gen.setup(split if cls.uses_labels else split.unlabeled(),
+                      _context(derive_seed("check", info.name), shape, opts, cache_dir))
+        except AttributeError as exc:
+            label_access("setup()", exc)
+            raise
+        return gen
+
+    def sample(gen: Any, seed: int) -> EpisodeBatch:
+        try:
+            return gen.sample(TASKS, make_generator(seed))
+        except AttributeError as exc:
+            label_access("sample()", exc)
+            raise
+
+    def setup(note: list[str]) -> Any:
+        gen = fresh(train)
+        note.append("given a LabeledSplit (uses_labels = True)" if cls.uses_labels
+                    else "given an UnlabeledSplit (images only)")
+        return gen
+
+    gen = b.run("setup", setup, needs=["contract"])
+    if no_tasks:
+        for name in ("sample", "deterministic", "label isolation"):
+            b.results.append(CheckResult(name, None, "gives_tasks = False: the generator gives no tasks"))
+        return gen, True
+
+    def sampled(note: list[str]) -> EpisodeBatch:
+        batch = sample(gen, 1)
+        _require(isinstance(batch, EpisodeBatch), f"sample() must return an EpisodeBatch, got "
+                                                  f"{type(batch).__name__}")
+        batch.check(info.name, TASKS, WAYS, SHOTS, QUERIES, shape)
+        _require(batch.ways == WAYS, f"batch.ways is {batch.ways}, the context asked for {WAYS}")
+        for key in ("support_x", "query_x"):
+            x = getattr(batch, key)
+            _require(x.dtype == torch.float32, f"{key} must be float32, got {x.dtype}")
+            _require(bool(torch.isfinite(x).all()) and float(x.min()) >= 0 and float(x.max()) <= 1,
+                     f"{key} must hold finite values in [0, 1], got [{float(x.min()):g}, {float(x.max()):g}]")
+        note.append(f"{TASKS} tasks {WAYS}-way {SHOTS}-shot {QUERIES}-query, float32 in [0, 1], int64 labels")
+        return batch
+
+    batch = b.run("sample", sampled, needs=["setup"])
+
+    def deterministic(note: list[str]) -> None:
+        _require(_same_batch(batch, sample(fresh(train), 1)),
+                 "the same seeds gave different batches: draw every random choice from the torch.Generator "
+                 "passed to sample() (and ctx.generator(...) in setup)")
+        _require(not _same_batch(batch, sample(fresh(train), 2)),
+                 "another torch.Generator seed gave the same batch: sample() ignores its generator")
+        note.append("same seed -> same batch, other seed -> other batch")
+
+    def isolation(note: list[str]) -> None:
+        if cls.uses_labels:
+            raise _Skip("supervised generator (uses_labels = True): sees labels by design")
+        perm = train.labels[torch.randperm(train.labels.numel(), generator=torch.Generator().manual_seed(0))]
+        _require(_same_batch(batch, sample(fresh(LabeledSplit(train.images, perm)), 1)),
+                 "permuting the hidden labels changed the batches: an unsupervised generator must not "
+                 "depend on labels")
+        note.append("batches identical when the hidden labels are permuted")
+
+    b.run("deterministic", deterministic, needs=["sample"])
+    b.run("label isolation", isolation, needs=["sample"])
+    return gen, False
+
+
+def _check_algorithm(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits: ImageSet,
+                     cache_dir: Path) -> Any:
+    cls = info.cls
+    train, test = digits.split("train"), digits.split("test")
+    shape = digits.image_shape
+    sampler = EpisodeSampler(train.images, train.labels, WAYS, SHOTS, QUERIES)
+    probe = EpisodeSampler(test.images, test.labels, WAYS, SHOTS, QUERIES).sample(3, make_generator(7))
+    images = probe.query_x[0]
+
+    def fresh() -> Any:
+        alg = cls()
+        alg.setup(_context(derive_seed("check", info.name), shape, opts, cache_dir, train.unlabeled()))
+        return alg
+
+    def trained() -> tuple[Any, list[float], Any, Any]:
+        alg = fresh()
+        episodes = make_generator(11)
+
+        def stream() -> Iterator[EpisodeBatch]:
+            while True:
+                yield sampler.sample(TASKS, episodes)
+
+        losses = [float(x) for x in alg.meta_train(stream(), Budget(2, TASKS))]
+        logits = alg.predict(probe.support_x, probe.support_y, probe.query_x, WAYS)
+        return alg, losses, logits, alg.embed(images)
+
+    def setup(note: list[str]) -> Any:
+        return fresh()
+
+    def meta_train(note: list[str]) -> tuple[Any, list[float], Any, Any]:
+        run = trained()
+        _require(all(math.isfinite(x) for x in run[1]), f"non-finite meta-training loss in {run[1]}")
+        note.append(f"losses {[round(x, 4) for x in run[1]]}" if run[1] else "no meta-training steps")
+        return run
+
+    alg = b.run("setup", setup, needs=["contract"])
+    run = b.run("meta_train", meta_train, needs=["setup"])
+
+    def predict(note: list[str]) -> None:
+        logits, want = run[2], (3, WAYS * QUERIES, WAYS)
+        _require(isinstance(logits, torch.Tensor), f"predict() must return a tensor, got "
+                                                   f"{type(logits).__name__}")
+        _require(tuple(logits.shape) == want, f"predict() must return logits of shape {want} "
+                                              f"[tasks, N*Q, N], got {tuple(logits.shape)}")
+        _require(logits.is_floating_point() and bool(torch.isfinite(logits).all()),
+                 "predict() must return finite float logits")
+        note.append(f"logits {want}")
+
+    def embed(note: list[str]) -> None:
+        z = run[3]
+        _require(isinstance(z, torch.Tensor) and z.dim() == 2 and z.shape[0] == images.shape[0],
+                 f"embed() must return features [{images.shape[0]}, D], got "
+                 f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        _require(bool(torch.isfinite(z).all()), "embed() returned non-finite features")
+        note.append(f"features {tuple(z.shape)}")
+
+    def deterministic(note: list[str]) -> None:
+        again = trained()
+        _require(again[1] == run[1], f"the same seed gave other losses: {run[1]} vs {again[1]}; initialise "
+                                     "from ctx.generator(...) / seeded(...) and draw nothing from the global "
+                                     "RNG")
+        _require(torch.equal(again[2], run[2]),
+                 f"the same seed gave other logits (max difference {float((again[2] - run[2]).abs().max()):g})")
+        _require(torch.equal(again[3], run[3]), "the same seed gave other embed() features")
+        note.append("two runs under the same seed are bit-identical")
+
+    b.run("predict", predict, needs=["meta_train"])
+    b.run("embed", embed, needs=["meta_train"])
+    b.run("deterministic", deterministic, needs=["predict", "embed"])
+    return run[0] if run else alg
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+def find_plugin(registry: Registry, name: str, kind: str | None = None) -> PluginInfo:
+    """The plugin called ``name`` (of ``kind``, or of the only kind that has one)."""
+    kinds = [kind] if kind else [k for k in KINDS if name in registry.plugins[k]]
+    if not kinds:
+        raise UnknownPluginError(f"no plugin named {name!r}")
+    if len(kinds) > 1:
+        raise UnknownPluginError(f"{name!r} is a plugin of several kinds ({', '.join(kinds)}): pass --kind")
+    return registry.get(kinds[0], name)
+
+
+def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[str | Path] = (),
+                 options: dict[str, Any] | None = None, data_root: Path | None = None,
+                 cache_dir: Path | None = None, isolated: bool = True) -> list[CheckResult]:
+    """Run the conformance battery on plugin ``name``; see the module docstring for the checks.
+
+    ``options``: the plugin's options for the checks and the smoke run (e.g. a smaller model).
+    ``isolated``: smoke-run in a fresh worker process (as the ``process`` and ``ray`` executors do).
+    """
+    from metabench.paths import default_cache_dir, default_data_root
+
+    data_root = Path(data_root or default_data_root())
+    cache_dir = Path(cache_dir or default_cache_dir())
+    options = dict(options or {})
+    plugins_dirs = [Path(d).resolve() for d in plugins_dirs]
+    b = _Battery()
+    registry = discover(plugins_dirs)
+
+    def found(note: list[str]) -> PluginInfo:
+        try:
+            info = find_plugin(registry, name, kind)
+        except UnknownPluginError as exc:
+            failed = [f"{f.source}: {f.error}" for f in registry.failures]
+            raise Problem(f"{exc}" + (f"; plugin sources that failed to load: {'; '.join(failed)}"
+                                      if failed else "; is the package installed (pip install -e .) and "
+                                                     "its entry point in group 'metabench'?")) from None
+        note.append(f"{info.kind} from {info.origin}" + (f" {info.version}" if info.version else ""))
+        return info
+
+    info = b.run("found", found)
+    if info is None:
+        return b.results
+    opts = _check_contract(b, info, options)
+    instance, no_tasks = None, False
+    if opts is not None:
+        if info.kind == "dataset":
+            instance = _check_dataset(b, info, opts, data_root, cache_dir)
+        else:
+            digits = _digits(registry, data_root, cache_dir)
+            if info.kind == "task_generator":
+                instance, no_tasks = _check_generator(b, info, opts, digits, cache_dir)
+            else:
+                instance = _check_algorithm(b, info, opts, digits, cache_dir)
+    _check_pickle(b, info.cls, instance)
+    _check_smoke(b, info, registry, options, plugins_dirs, data_root, cache_dir, isolated, no_tasks)
+    return b.results
+
+
+def failures(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """The checks that failed."""
+    return [r for r in results if r.ok is False]
