@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -127,6 +128,41 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     return rows
 
 
+def time_generators(generators: Sequence[str], dataset: str, device: torch.device | str, ways: int = 5,
+                    shots: int = 1, queries: int = 15, meta_batch: int = 32, repeats: int = 20,
+                    warmup: int = 3, data_root: Path | None = None, cache_dir: Path | None = None,
+                    options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per task generator (``name`` or ``name@variant`` with ``options``): the time to set it up on
+    ``dataset``'s train split (CACTUs partitions come from the cache when they were built before) and the
+    median milliseconds to generate one meta-batch of ``meta_batch`` tasks, synchronised on GPU."""
+    from metabench.contracts import DataContext
+    from metabench.paths import default_cache_dir, default_data_root
+    from metabench.registry import discover
+    from metabench.suite import plugin_name
+
+    device, reg = torch.device(device), discover()
+    cache_dir = Path(cache_dir or default_cache_dir())
+    data = reg.get("dataset", dataset).cls().load(DataContext(Path(data_root or default_data_root()), cache_dir))
+    train = data.split("train").to(device)
+    rows = []
+    for name in generators:
+        cls = reg.get("task_generator", plugin_name(name)).cls
+        opts = cls.resolve_options({**(options or {}).get(plugin_name(name), {}), **(options or {}).get(name, {})})
+        ctx = RunContext(device, derive_seed("bench", name), ways, shots, queries, data.image_shape, opts, cache_dir)
+        gen = cls()
+        _sync(device)
+        t0 = time.perf_counter()
+        gen.setup(train if gen.uses_labels else train.unlabeled(), ctx)
+        _sync(device)
+        setup_s = time.perf_counter() - t0
+        g = make_generator(derive_seed("bench-episodes", name), device)
+        sample_s = _median_seconds(lambda: gen.sample(meta_batch, g), device, repeats, warmup)
+        rows.append({"generator": name, "dataset": dataset, "device": str(device), "ways": ways, "shots": shots,
+                     "queries": queries, "meta_batch": meta_batch, "setup_s": setup_s,
+                     "ms_per_meta_batch": 1000 * sample_s})
+    return rows
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a plain-text table."""
     from tabulate import tabulate
@@ -148,8 +184,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     rows = run_bench(names, args.device, args.ways, args.shots, args.queries, args.meta_batch,
-                     args.repeats, args.warmup)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+                     args.repeats, args.warmup) if names else []
+    gens = [g.strip() for g in (args.generators or "").split(",") if g.strip()]
+    gen_rows = time_generators(gens, args.dataset, args.device, args.ways, args.shots, args.queries,
+                               args.meta_batch, max(args.repeats, 10), args.warmup, args.data_root,
+                               args.cache_dir) if gens else []
+    if args.json:
+        print(json.dumps(rows + gen_rows, indent=2))
+    else:
+        from tabulate import tabulate
+
+        print("\n\n".join(t for t in (format_table(rows) if rows else "",
+                                       tabulate(gen_rows, headers="keys", floatfmt=".3g") if gen_rows else "")
+                           if t))
     return 0
 
 
@@ -165,6 +212,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-training step")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--generators", default="",
+                   help="also time meta-batch generation of these task generators (comma-separated)")
+    p.add_argument("--dataset", default="omniglot", help="dataset for --generators (default: omniglot)")
+    p.add_argument("--data-root", type=Path, help="data root for --generators (default $METABENCH_DATA)")
+    p.add_argument("--cache-dir", type=Path, help="cache folder for --generators")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
     p.set_defaults(func=cmd_bench)
     return p
