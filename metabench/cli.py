@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         with sigterm_exits():
-            outcomes = runner.run_all(report, executor)
+            outcomes = runner.run_all(report, executor, tuple(args.only or ()))
     except (UnknownPluginError, PluginError, ExecutorError) as exc:
         print(f"metabench: error in suite {args.suite}: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "~/.cache/metabench)")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     run.add_argument("--force", action="store_true", help="re-run runs whose records exist")
+    run.add_argument("--only", action="append", metavar="PATTERN",
+                     help="run only the runs whose id matches this shell pattern (repeatable)")
     run.add_argument("--executor", choices=["local", "process", "ray"], default="local",
                      help="local: this process, one run at a time (default); process: a pool of worker "
                           "processes, one per run; ray: one Ray task per run (pip install 'metabench[ray]')")

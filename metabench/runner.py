@@ -110,14 +110,17 @@ class SuiteRunner:
         return self.out_dir / f"{spec.run_id}.json"
 
     def run_all(self, on_outcome: Callable[[RunOutcome], None] | None = None,
-                executor: Any = None) -> list[RunOutcome]:
+                executor: Any = None, only: tuple[str, ...] = ()) -> list[RunOutcome]:
         """Run (or skip) every run of the suite on ``executor`` (default: this process, one run after
-        another; see :mod:`metabench.executors`); ``on_outcome`` hears of each run as it completes. Returns
-        the outcomes in suite order."""
+        another; see :mod:`metabench.executors`); ``on_outcome`` hears of each run as it completes. ``only``:
+        shell patterns; when given, just the runs whose id matches one of them. Returns the outcomes in suite
+        order."""
+        from fnmatch import fnmatchcase
+
         from metabench.executors import LocalExecutor
 
         check_suite_plugins(self.suite, self.registry)
-        runs = self.suite.runs()
+        runs = [r for r in self.suite.runs() if not only or any(fnmatchcase(r.run_id, p) for p in only)]
         done: dict[str, RunOutcome] = {}
         for outcome in (executor or LocalExecutor()).execute(self, runs):
             done[outcome.run_id] = outcome

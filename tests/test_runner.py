@@ -62,9 +62,10 @@ def test_run_writes_records_resumes_and_reproduces(tmp_path, env):
     before = (tmp_path / "results" / "tiny" / name).stat().st_mtime_ns
     assert main(["run", str(suite), *env]) == 0   # resumes: nothing to do
     assert (tmp_path / "results" / "tiny" / name).stat().st_mtime_ns == before
-    assert main(["run", str(suite), *env, "--force"]) == 0
+    assert main(["run", str(suite), *env, "--force", "--only", "digits__oracle__protonet__*"]) == 0
     again = _records(tmp_path / "results" / "tiny")[name]
     assert again["metrics"] == rec["metrics"], "same suite + seed on CPU gives identical numbers"
+    assert main(["run", str(suite), *env, "--force", "--only", "no-such-run*"]) == 0
 
 
 def test_failing_plugins_get_failed_records_and_the_rest_runs(tmp_path, env, capsys):
