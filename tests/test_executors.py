@@ -18,7 +18,7 @@ from metabench.cli import main
 from metabench.executors import ExecutorError, LocalExecutor, ProcessExecutor, make_executor
 from metabench.records import read_record
 from metabench.runlock import is_stale, lock_path, try_acquire
-from tests.helpers import write_suite
+from tests.helpers import GARBAGE_PLUGIN, write_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,34 +40,6 @@ SMALL = """
     [options.protonet]
     hidden = 8
 """
-
-GARBAGE_PLUGIN = '''
-import time
-from metabench import hookimpl
-from metabench_plugins.algorithms.protonet import ProtoNet
-
-class Exploding(ProtoNet):
-    name = "exploding"
-    def train_step(self, batch, step):
-        if step == 3:
-            raise RuntimeError("boom at step 3")
-        return super().train_step(batch, step)
-
-class NaNLoss(ProtoNet):
-    name = "nan_loss"
-    def train_step(self, batch, step):
-        return float("nan")
-
-class Slow(ProtoNet):
-    name = "slow"
-    def train_step(self, batch, step):
-        while True:          # never finishes: only --run-timeout stops it
-            time.sleep(0.05)
-
-@hookimpl
-def metabench_algorithms():
-    return [Exploding, NaNLoss, Slow]
-'''
 
 
 def small_suite(path: Path, name: str, algorithms=("protonet",), seeds=(0,)) -> Path:

@@ -8,7 +8,8 @@ import pytest
 
 from metabench.cli import main
 from metabench.records import read_record
-from tests.test_executors import GARBAGE_PLUGIN, metrics_by_identity, small_suite
+from tests.helpers import GARBAGE_PLUGIN
+from tests.test_executors import metrics_by_identity, small_suite
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 

@@ -8,34 +8,7 @@ import pytest
 
 from metabench.cli import main
 from metabench.records import read_record
-from tests.helpers import TINY_DIGITS, write_suite
-
-RAISES_PLUGIN = '''
-from metabench import hookimpl
-from metabench_plugins.algorithms.protonet import ProtoNet
-
-class Exploding(ProtoNet):
-    name = "exploding"
-    def train_step(self, batch, step):
-        if step == 3:
-            raise RuntimeError("boom at step 3")
-        return super().train_step(batch, step)
-
-class WrongShape(ProtoNet):
-    name = "wrong_shape"
-    def predict(self, support_x, support_y, query_x, ways):
-        return super().predict(support_x, support_y, query_x, ways)[:, :, :-1]
-
-class NaNLoss(ProtoNet):
-    name = "nan_loss"
-    def train_step(self, batch, step):
-        return float("nan")
-
-@hookimpl
-def metabench_algorithms():
-    return [Exploding, WrongShape, NaNLoss]
-'''
-
+from tests.helpers import GARBAGE_PLUGIN, TINY_DIGITS, write_suite
 
 def _records(folder):
     return {p.name: read_record(p) for p in sorted(folder.glob("*.json"))}
@@ -71,7 +44,7 @@ def test_run_writes_records_resumes_and_reproduces(tmp_path, env):
 def test_failing_plugins_get_failed_records_and_the_rest_runs(tmp_path, env, capsys):
     plugdir = tmp_path / "plugins"
     plugdir.mkdir()
-    (plugdir / "bad.py").write_text(RAISES_PLUGIN)
+    (plugdir / "bad.py").write_text(GARBAGE_PLUGIN)
     suite = write_suite(tmp_path / "mixed.toml", TINY_DIGITS.replace(
         'name = "tiny"', 'name = "mixed"').replace(
         'algorithms = ["protonet"]', 'algorithms = ["protonet", "exploding", "wrong_shape", "nan_loss"]'))
