@@ -1,17 +1,17 @@
 """``metabench bench``: throughput of meta-training steps and test-time adaptation, per execution path.
 
-Each algorithm is built as a run would build it and fed one fixed synthetic meta-batch. After ``warmup``
-untimed calls, ``repeats`` calls of ``train_step`` and of ``predict`` are timed one by one (the device is
-synchronised around each) and the medians are reported. An algorithm with a ``path`` option is timed on
-its per-task reference loop (``loop``) and on ``batched``; the ``auto`` row repeats the numbers of the
-path ``auto`` resolves to on this device. ``speedup_vs_reference`` is meta-training throughput relative
-to the ``loop`` row of the same algorithm, measured in the same invocation.
+Each algorithm is built as a run would build it and fed fixed synthetic meta-batches: meta-training
+batches with ``train_queries`` query images per class, adaptation episodes with ``queries``. After
+``warmup`` untimed calls, ``repeats`` calls of ``train_step`` and of ``predict`` are timed one by one (the
+device is synchronised around each) and the medians are reported. An algorithm with a ``path`` option is
+timed on its per-task reference loop (``loop``) and on ``batched``; the ``auto`` row repeats the numbers of
+the path ``auto`` resolves to on this device. ``speedup_vs_reference`` is meta-training throughput
+relative to the ``loop`` row of the same algorithm, measured in the same invocation.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from metabench import memory
 from metabench.contracts import Algorithm, EpisodeBatch, RunContext
 from metabench.seeding import derive_seed, make_generator
 
@@ -60,14 +61,6 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, w
     return statistics.median(times)
 
 
-def _peak_mem_mb(device: torch.device) -> float:
-    """Peak allocated GPU memory since the last reset; on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def _resolve(algorithm: str | type[Algorithm]) -> type[Algorithm]:
     if isinstance(algorithm, type):
         return algorithm
@@ -76,49 +69,61 @@ def _resolve(algorithm: str | type[Algorithm]) -> type[Algorithm]:
     return discover().get("algorithm", algorithm).cls
 
 
-def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, queries: int,
-                   repeats: int, warmup: int, options: dict[str, Any] | None = None) -> dict[str, float]:
-    """Median meta-training tasks/s, adaptation ms/task and peak memory of one configured algorithm."""
+def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
+                   queries: int, repeats: int, warmup: int,
+                   options: dict[str, Any] | None = None) -> dict[str, float]:
+    """Median meta-training tasks/s on ``batch``, adaptation ms/task on ``eval_batch`` and the peak memory
+    (:mod:`metabench.memory`) of one configured algorithm."""
     shots = batch.support_x.shape[1] // batch.ways
     ctx = RunContext(device, derive_seed("bench", cls.name), batch.ways, shots, queries,
                      tuple(batch.support_x.shape[2:]), cls.resolve_options(options))
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    memory.reset_peak(device)
     alg = cls()
     alg.setup(ctx)
     step = iter(range(10**9))
     train_s = _median_seconds(lambda: alg.train_step(batch, next(step)), device, repeats, warmup)
-    adapt_s = _median_seconds(lambda: alg.predict(batch.support_x, batch.support_y, batch.query_x, batch.ways),
-                              device, repeats, warmup)
+    adapt_s = _median_seconds(
+        lambda: alg.predict(eval_batch.support_x, eval_batch.support_y, eval_batch.query_x, eval_batch.ways),
+        device, repeats, warmup)
     return {"meta_train_tasks_per_s": batch.tasks / train_s, "adapt_ms_per_task": 1000 * adapt_s / batch.tasks,
-            "peak_mem_mb": _peak_mem_mb(device)}
+            "peak_mem_mb": memory.peak_mb(device)}
 
 
 def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device | str, ways: int = 5,
               shots: int = 1, queries: int = 15, meta_batch: int = 32, repeats: int = 5, warmup: int = 2,
               image_shape: tuple[int, int, int] = (1, 28, 28),
-              options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+              options: dict[str, dict[str, Any]] | None = None,
+              train_queries: int | None = None) -> list[dict[str, Any]]:
     """One row per (algorithm, path): the keys ``algorithm``, ``path``, ``device``, ``ways``, ``shots``,
-    ``meta_batch``, ``meta_train_tasks_per_s``, ``adapt_ms_per_task``, ``peak_mem_mb`` and
-    ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option); ``auto`` rows also
-    carry ``resolves_to``. ``options`` maps an algorithm name to extra options."""
+    ``queries``, ``train_queries``, ``meta_batch``, ``meta_train_tasks_per_s``, ``adapt_ms_per_task``,
+    ``peak_mem_mb`` and ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option);
+    ``auto`` rows also carry ``resolves_to``.
+
+    Meta-training steps see ``train_queries`` query images per class (default ``shots``: the K-shot,
+    K-query meta-training batches of the MAML reference code for Omniglot); adaptation is timed on
+    episodes with ``queries`` per class. ``options`` maps an algorithm name to extra options."""
     from metabench.inner_loop import resolve_path
 
     device = torch.device(device)
-    batch = synthetic_batch(meta_batch, ways, shots, queries, image_shape, device)
+    train_queries = shots if train_queries is None else train_queries
+    batch = synthetic_batch(meta_batch, ways, shots, train_queries, image_shape, device)
+    eval_batch = synthetic_batch(meta_batch, ways, shots, queries, image_shape, device)
     rows: list[dict[str, Any]] = []
     for algorithm in algorithms:
         cls = _resolve(algorithm)
         extra = dict((options or {}).get(cls.name, {}))
-        base = {"algorithm": cls.name, "device": str(device), "ways": ways, "shots": shots,
-                "meta_batch": meta_batch}
+        base = {"algorithm": cls.name, "device": str(device), "ways": ways, "shots": shots, "queries": queries,
+                "train_queries": train_queries, "meta_batch": meta_batch}
+
+        def measure(opts: dict[str, Any]) -> dict[str, float]:
+            return time_algorithm(cls, device, batch, eval_batch, queries, repeats, warmup, opts)
+
         if "path" not in cls.defaults:
-            m = time_algorithm(cls, device, batch, queries, repeats, warmup, extra)
-            rows.append({**base, "path": "-", **m, "speedup_vs_reference": None})
+            rows.append({**base, "path": "-", **measure(extra), "speedup_vs_reference": None})
             continue
-        measured = {p: time_algorithm(cls, device, batch, queries, repeats, warmup, {**extra, "path": p})
-                    for p in ("loop", "batched")}
+        measured = {p: measure({**extra, "path": p}) for p in ("loop", "batched")}
         ref = measured["loop"]["meta_train_tasks_per_s"]
         for p, m in measured.items():
             rows.append({**base, "path": p, **m, "speedup_vs_reference": m["meta_train_tasks_per_s"] / ref})
@@ -170,10 +175,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def fmt(v: Any) -> Any:
         return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else v)
 
-    head = ["algorithm", "path", "device", "ways", "shots", "meta_batch", "meta_train_tasks_per_s",
-            "adapt_ms_per_task", "peak_mem_mb", "speedup_vs_reference"]
-    body = [[fmt(r.get(k)) if k != "path" or "resolves_to" not in r else f"auto ({r['resolves_to']})"
-             for k in head] for r in rows]
+    def path(r: dict[str, Any]) -> str:
+        return f"auto ({r['resolves_to']})" if "resolves_to" in r else r["path"]
+
+    head = ["algorithm", "path", "device", "ways", "shots", "train_queries", "queries", "meta_batch",
+            "meta_train_tasks_per_s", "adapt_ms_per_task", "peak_mem_mb", "speedup_vs_reference"]
+    body = [[path(r) if k == "path" else fmt(r.get(k)) for k in head] for r in rows]
     return tabulate(body, headers=[h.replace("_", " ") for h in head], tablefmt="simple")
 
 
@@ -184,7 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     rows = run_bench(names, args.device, args.ways, args.shots, args.queries, args.meta_batch,
-                     args.repeats, args.warmup) if names else []
+                     args.repeats, args.warmup, train_queries=args.train_queries) if names else []
     gens = [g.strip() for g in (args.generators or "").split(",") if g.strip()]
     gen_rows = time_generators(gens, args.dataset, args.device, args.ways, args.shots, args.queries,
                                args.meta_batch, max(args.repeats, 10), args.warmup, args.data_root,
@@ -208,7 +215,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--queries", type=int, default=15, help="query images per class of the adaptation episodes")
+    p.add_argument("--train-queries", type=int,
+                   help="query images per class in meta-training batches (default: --shots, as in MAML's Omniglot "
+                        "training)")
     p.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-training step")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")

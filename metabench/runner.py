@@ -6,8 +6,6 @@ unless ``force``, so an interrupted suite resumes where it stopped.
 """
 from __future__ import annotations
 
-import resource
-import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from metabench import environment
+from metabench import environment, memory
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, PluginError, RunContext,
                                  TaskGenerator)
 from metabench.clustering import cluster_tasks
@@ -63,13 +61,6 @@ def check_suite_plugins(suite: Suite, registry: Registry) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 class _Stage:
@@ -174,8 +165,7 @@ class SuiteRunner:
         dev = self.settings.device
         p, b = spec.protocol, spec.budget
         wall0 = time.perf_counter()
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
+        memory.reset_peak(dev)
         gen_info = self.registry.get("task_generator", plugin_name(spec.task_generator))
         alg_info = self.registry.get("algorithm", plugin_name(spec.algorithm))
         ds_info = self.registry.get("dataset", plugin_name(spec.dataset))
@@ -265,7 +255,7 @@ class SuiteRunner:
                       "meta_train_tasks": checked["tasks"],
                       "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
-                      "wall_s": time.perf_counter() - wall0, "peak_mem_mb": _peak_mem_mb(dev)},
+                      "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev)},
             "environment": environment.describe(dev),
         }
 
@@ -282,6 +272,6 @@ class SuiteRunner:
             "config": spec.config(),
             "metrics": {},
             "speed": {"meta_train_tasks_per_s": None, "eval_tasks_per_s": None, "wall_s": wall_s,
-                      "peak_mem_mb": _peak_mem_mb(dev)},
+                      "peak_mem_mb": memory.peak_mb(dev)},
             "environment": environment.describe(dev),
         }

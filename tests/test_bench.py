@@ -24,4 +24,5 @@ def test_bench_json_has_the_documented_keys(capsys):
     assert row["meta_train_tasks_per_s"] > 0 and row["speedup_vs_reference"] is None
     rows = run_bench(["anil"], "cpu", ways=3, shots=1, queries=2, meta_batch=2, repeats=1, warmup=1)
     assert {r["path"] for r in rows} == {"loop", "batched", "auto"}
-    assert next(r for r in rows if r["path"] == "loop")["speedup_vs_reference"] == 1.0
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["loop"]["speedup_vs_reference"] == 1.0 and by_path["loop"]["train_queries"] == 1

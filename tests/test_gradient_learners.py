@@ -214,6 +214,7 @@ def test_reptile_outer_update_matches_reference(f64, path, optimizer):
 
 def test_paths_and_plugin_defaults():
     assert resolve_path("auto", "cpu") == "loop" and resolve_path("auto", "cuda") == "batched"
+    assert resolve_path("loop", "cuda") == "loop" and resolve_path("batched", "cpu") == "batched"
     assert MAML.defaults["inner_lr"] == 0.4 and MAML.defaults["test_inner_steps"] > MAML.defaults["inner_steps"]
     assert FOMAML.defaults["first_order"] and not MAML.defaults["first_order"]
     assert ANIL.head_only and "inner_lr" not in MetaSGD.defaults
