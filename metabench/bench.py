@@ -115,7 +115,7 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
         cls = _resolve(algorithm)
         extra = dict((options or {}).get(cls.name, {}))
         base = {"algorithm": cls.name, "device": str(device), "ways": ways, "shots": shots, "queries": queries,
-                "train_queries": train_queries, "meta_batch": meta_batch}
+                "train_queries": train_queries, "meta_batch": meta_batch, "options": extra}
 
         def measure(opts: dict[str, Any]) -> dict[str, float]:
             return time_algorithm(cls, device, batch, eval_batch, queries, repeats, warmup, opts)
@@ -189,9 +189,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("metabench: --device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
         return 2
+    from metabench.cli import parse_options
+
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    given = parse_options(args.option)
+    if given is None:
+        return 2
+    options = {}
+    for name in names:
+        cls = _resolve(name)
+        options[cls.name] = {k: v for k, v in given.items() if k in cls.defaults}
+    unused = [k for k in given if not any(k in o for o in options.values())]
+    if unused:
+        print(f"metabench: error: no timed algorithm has the option(s) {', '.join(unused)}", file=sys.stderr)
+        return 2
     rows = run_bench(names, args.device, args.ways, args.shots, args.queries, args.meta_batch,
-                     args.repeats, args.warmup, train_queries=args.train_queries) if names else []
+                     args.repeats, args.warmup, options=options, train_queries=args.train_queries) if names else []
     gens = [g.strip() for g in (args.generators or "").split(",") if g.strip()]
     gen_rows = time_generators(gens, args.dataset, args.device, args.ways, args.shots, args.queries,
                                args.meta_batch, max(args.repeats, 10), args.warmup, args.data_root,
@@ -222,6 +235,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-training step")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="set an option of every timed algorithm that has it (repeatable), e.g. channels_last=true")
     p.add_argument("--generators", default="",
                    help="also time meta-batch generation of these task generators (comma-separated)")
     p.add_argument("--dataset", default="omniglot", help="dataset for --generators (default: omniglot)")

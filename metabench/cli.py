@@ -130,17 +130,26 @@ def _option_value(text: str):
         return text
 
 
+def parse_options(items) -> dict | None:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: VALUE}`` (values parsed as JSON where they are JSON); ``None``
+    after printing an error naming the malformed item."""
+    options = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"metabench: error: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return None
+        options[key] = _option_value(value)
+    return options
+
+
 def cmd_check_plugin(args: argparse.Namespace) -> int:
     """Run the conformance battery on one plugin; exit 1 if a check fails."""
     from metabench.conformance import check_plugin, failures
 
-    options = {}
-    for item in args.option or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"metabench: error: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        options[key] = _option_value(value)
+    options = parse_options(args.option)
+    if options is None:
+        return 2
     results = check_plugin(args.name, args.kind, plugins_dirs=args.plugins_dir or (), options=options,
                            data_root=args.data_root, cache_dir=args.cache_dir, isolated=not args.in_process)
     if args.json:

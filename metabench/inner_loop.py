@@ -102,6 +102,14 @@ class InnerLoop:
             raise ValueError("head_only adaptation on minibatches is not supported")
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[..., C, H, W]`` stored channels-last, so that each of its ``[M, C, H, W]`` slices is in torch's
+    ``channels_last`` memory format (the values are unchanged)."""
+    if x.dim() < 4:
+        return x
+    return x.movedim(-3, -1).contiguous().movedim(-1, -3)
+
+
 def resolve_path(path: str, device: torch.device | str) -> str:
     """``"batched"`` or ``"loop"`` for ``path`` on ``device``.
 

@@ -26,3 +26,12 @@ def test_bench_json_has_the_documented_keys(capsys):
     assert {r["path"] for r in rows} == {"loop", "batched", "auto"}
     by_path = {r["path"]: r for r in rows}
     assert by_path["loop"]["speedup_vs_reference"] == 1.0 and by_path["loop"]["train_queries"] == 1
+
+
+def test_bench_option_reaches_the_algorithms_that_have_it(capsys):
+    tiny = ["--ways", "3", "--queries", "2", "--meta-batch", "2", "--repeats", "1", "--warmup", "1", "--json"]
+    assert main(["bench", "--algorithms", "fomaml,protonet", "--option", "first_order=false", *tiny]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["algorithm"]: r["options"] for r in rows} == {"fomaml": {"first_order": False}, "protonet": {}}
+    assert main(["bench", "--algorithms", "protonet", "--option", "no_such_option=1", *tiny]) == 2
+    assert "no_such_option" in capsys.readouterr().err

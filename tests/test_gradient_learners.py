@@ -281,3 +281,22 @@ def test_predict_with_fewer_ways_than_trained_cuts_the_head():
     assert logits.shape == (T, N * Q, N) and not logits.requires_grad
     with pytest.raises(PluginError, match="built for 5 ways"):
         alg.predict(sx.float(), sy, qx.float(), 6)
+
+
+@pytest.mark.parametrize("cls", [MAML, FOMAML])
+@pytest.mark.parametrize("path", PATHS)
+def test_channels_last_changes_the_layout_not_the_numbers(f64, cls, path):
+    sx, sy, qx, qy = _episodes()
+    out = {}
+    for cl in (False, True):
+        alg = cls()
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                             cls.resolve_options({"path": path, "hidden": 8, "channels_last": cl})))
+        conv = alg.params["backbone.blocks.1.0.weight"]
+        assert conv.is_contiguous(memory_format=torch.channels_last) == cl and (cl or conv.is_contiguous())
+        loss = alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), 0)
+        out[cl] = (loss, {k: v.detach().clone() for k, v in alg.params.items()}, alg.predict(sx, sy, qx, N))
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-12)
+    for k, v in out[False][1].items():
+        torch.testing.assert_close(out[True][1][k], v, rtol=0, atol=1e-9)
+    torch.testing.assert_close(out[True][2], out[False][2], rtol=0, atol=1e-9)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.inner_loop import InnerLoop, MetaModel, Params, fit_head, meta_batch_query, resolve_path
+from metabench.inner_loop import (InnerLoop, MetaModel, Params, channels_last, fit_head, meta_batch_query,
+                                  resolve_path)
 from metabench.seeding import derive_seed, seeded
 
 
@@ -25,7 +26,7 @@ class MAML(Algorithm):
     paper = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep " \
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
-                "first_order": False, "path": "auto", "hidden": 64}
+                "first_order": False, "path": "auto", "hidden": 64, "channels_last": False}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
@@ -38,6 +39,13 @@ class MAML(Algorithm):
         with seeded(derive_seed(ctx.seed, "init")):
             self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"])).to(ctx.device)
             self.lrs = self.make_lrs(ctx)
+        # Channels-last images and filters, measured with `metabench bench --option channels_last=true` (2 CPU
+        # cores, 5-way 1-shot, meta-batch 32): ANIL's per-task loop trains 1.4x and adapts 1.45x as fast,
+        # MAML / FOMAML / Meta-SGD train within 5% and adapt 10-20% faster, every batched path is slower
+        # (0.72-0.97x). An option, off by default, so that records stay comparable with the committed ones.
+        self.channels_last = bool(o["channels_last"])
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         fo, lr = bool(o["first_order"]), float(o.get("inner_lr", 0.0))  # Meta-SGD has no inner_lr
         try:
             self.path = resolve_path(str(o["path"]), ctx.device)
@@ -49,14 +57,18 @@ class MAML(Algorithm):
         meta = list(self.params.values()) + (list(self.lrs.values()) if self.lrs else [])
         self.opt = torch.optim.Adam(meta, lr=float(o["outer_lr"]))
 
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the memory format the model was set up for (option ``channels_last``)."""
+        return channels_last(x) if self.channels_last else x
+
     def make_lrs(self, ctx: RunContext) -> Params | None:
         """Per-parameter inner learning rates (Meta-SGD); ``None`` uses the scalar ``inner_lr``."""
         return None
 
     def train_step(self, batch: EpisodeBatch, step: int) -> float:
         """One Adam step on the mean query loss after adapting to each task's support set."""
-        losses, _ = meta_batch_query(self.model, self.params, batch.support_x, batch.support_y,
-                                     batch.query_x, batch.query_y, self.train_loop, self.lrs, self.path)
+        losses, _ = meta_batch_query(self.model, self.params, self.layout(batch.support_x), batch.support_y,
+                                     self.layout(batch.query_x), batch.query_y, self.train_loop, self.lrs, self.path)
         loss = losses.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -68,8 +80,8 @@ class MAML(Algorithm):
         params = fit_head({k: v.detach() for k, v in self.params.items()}, ways, self.name)
         lrs = fit_head({k: v.detach() for k, v in self.lrs.items()}, ways, self.name) if self.lrs else None
         with torch.enable_grad():
-            _, logits = meta_batch_query(self.model, params, support_x, support_y, query_x, None,
-                                         self.test_loop, lrs, self.path)
+            _, logits = meta_batch_query(self.model, params, self.layout(support_x), support_y,
+                                         self.layout(query_x), None, self.test_loop, lrs, self.path)
         return logits.detach()
 
     @torch.no_grad()
