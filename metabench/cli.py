@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     reg = _registry(args)
     settings = Settings(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                         cache_dir=Path(args.cache_dir or default_cache_dir()), device=_device(args.device),
-                        force=args.force)
+                        force=args.force,
+                        checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every)
     from metabench.executors import ExecutorError, make_executor, sigterm_exits
 
     try:
@@ -217,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch threads per run, for every executor (default: torch's default here, so "
                           "all executors give bit-identical records; cores/workers avoids oversubscription)")
     run.add_argument("--run-timeout", type=float, metavar="SECONDS",
-                     help="kill a run after this many seconds; it gets a failed record")
+                     help="kill a run after this many seconds; it gets a failed record (a re-run resumes "
+                          "it from its last checkpoint)")
+    run.add_argument("--checkpoint-every", type=float, default=600.0, metavar="SECONDS",
+                     help="write a mid-run checkpoint of a resumable algorithm this often (default "
+                          "%(default)s; 0: after every step; negative: never); a stopped run resumes from it")
     run.add_argument("--ray-cpus-per-run", type=float, default=1.0, metavar="C",
                      help="ray: CPUs each run asks for (default 1)")
     run.add_argument("--ray-gpus-per-run", type=float, metavar="G",

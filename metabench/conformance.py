@@ -20,6 +20,7 @@ check that could not apply (e.g. a dataset whose files are absent).
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import pickle
 import tempfile
@@ -413,9 +414,44 @@ def _check_algorithm(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
         _require(torch.equal(again[3], run[3]), "the same seed gave other embed() features")
         note.append("two runs under the same seed are bit-identical")
 
+    def resumable(note: list[str]) -> None:
+        if not getattr(cls, "resumable", False):
+            raise _Skip("resumable = False: runs of it restart from step 0 instead of a checkpoint")
+        first, episodes = fresh(), make_generator(11)
+
+        def stream(g: torch.Generator) -> Iterator[EpisodeBatch]:
+            while True:
+                yield sampler.sample(TASKS, g)
+
+        buf = io.BytesIO()
+
+        class Stop(Exception):
+            pass
+
+        def checkpoint_and_stop(step: int, loss: float) -> None:  # what the runner's checkpoints do
+            torch.save(first.state_dict(), buf)
+            raise Stop
+
+        try:
+            first.meta_train(stream(episodes), Budget(2, TASKS), on_step=checkpoint_and_stop)
+        except Stop:
+            pass
+        _require(buf.tell() > 0, "meta_train never called on_step, so a run of it cannot be checkpointed")
+        buf.seek(0)
+        second = fresh()
+        second.load_state_dict(torch.load(buf, weights_only=True))
+        second.meta_train(stream(episodes), Budget(2, TASKS, start=1))
+        logits = second.predict(probe.support_x, probe.support_y, probe.query_x, WAYS)
+        _require(torch.equal(logits, run[2]),
+                 "one step, state_dict() -> load_state_dict() into a fresh instance, one more step gave other "
+                 "logits than two steps in one go: state_dict() misses some training state, or meta_train "
+                 "ignores budget.start")
+        note.append("stopped after step 1 and resumed from its state_dict: bit-identical to an unbroken run")
+
     b.run("predict", predict, needs=["meta_train"])
     b.run("embed", embed, needs=["meta_train"])
     b.run("deterministic", deterministic, needs=["predict", "embed"])
+    b.run("resumable", resumable, needs=["deterministic"])
     return run[0] if run else alg
 
 

@@ -229,14 +229,36 @@ class TaskGenerator(_Plugin, ABC):
 
 @dataclass(frozen=True)
 class Budget:
-    """How much meta-training a run gets: ``steps`` outer steps of ``meta_batch`` tasks each."""
+    """How much meta-training a run gets: ``steps`` outer steps of ``meta_batch`` tasks each; ``start``:
+    the first step to run (a run resumed from a checkpoint starts past 0)."""
 
     steps: int
     meta_batch: int
+    start: int = 0
 
 
 class Algorithm(_Plugin, ABC):
-    """A meta-learner. Reads only what it is handed: meta-batches to learn from, support sets to adapt to."""
+    """A meta-learner. Reads only what it is handed: meta-batches to learn from, support sets to adapt to.
+
+    ``resumable = True`` declares that a run of it can stop after any step and resume from a checkpoint:
+    :meth:`meta_train` starts at ``budget.start``, and :meth:`state_dict` / :meth:`load_state_dict`
+    capture all that training changes (the defaults find modules, optimisers, schedulers, generators,
+    tensors, dicts of tensors and plain numbers among the attributes; see :mod:`metabench.checkpoint`).
+    """
+
+    resumable = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training state to checkpoint (a dict of tensors, numbers, strings, lists and dicts)."""
+        from metabench.checkpoint import algorithm_state
+
+        return algorithm_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into this freshly set-up algorithm."""
+        from metabench.checkpoint import load_algorithm_state
+
+        load_algorithm_state(self, state)
 
     @abstractmethod
     def setup(self, ctx: RunContext) -> None:
@@ -257,12 +279,11 @@ class Algorithm(_Plugin, ABC):
 
     def meta_train(self, stream: Iterator[EpisodeBatch], budget: Budget,
                    on_step: Any = None) -> list[float]:
-        """Run ``budget.steps`` calls of :meth:`train_step`; override for other training schemes.
-
-        A non-finite loss stops training with a :class:`PluginError`.
+        """Run :meth:`train_step` for steps ``budget.start`` to ``budget.steps - 1``; override for other
+        training schemes. A non-finite loss stops training with a :class:`PluginError`.
         """
         losses = []
-        for step in range(budget.steps):
+        for step in range(budget.start, budget.steps):
             loss = float(self.train_step(next(stream), step))
             if not math.isfinite(loss):
                 raise PluginError(f"{self.name}: non-finite meta-training loss {loss} at step {step}")

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from metabench import environment, memory
+import metabench
+from metabench import checkpoint, environment, memory
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, PluginError, RunContext,
                                  TaskGenerator)
 from metabench.clustering import cluster_tasks
@@ -47,6 +48,7 @@ class Settings:
     cache_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     force: bool = False
+    checkpoint_every: float | None = 600.0  # seconds between mid-run checkpoints; 0: every step; None: never
 
 
 def check_suite_plugins(suite: Suite, registry: Registry) -> None:
@@ -84,6 +86,53 @@ class _Stage:
         if exc_type is None:
             self.plugin = None  # finished cleanly: a later core error is not this plugin's fault
         return False
+
+
+class _Resume:
+    """A run's mid-run checkpoints (:mod:`metabench.checkpoint`): on creation, restores the algorithm, the
+    episode generator and torch's RNGs from a matching checkpoint (``start`` > 0 then); :meth:`after_step`
+    writes one every ``settings.checkpoint_every`` seconds. Only for ``resumable`` algorithms."""
+
+    def __init__(self, runner: "SuiteRunner", spec: RunSpec, algorithm: Any, episode_gen: torch.Generator,
+                 checked: dict[str, int]) -> None:
+        s = runner.settings
+        self.algorithm, self.episode_gen, self.checked, self.device = algorithm, episode_gen, checked, s.device
+        self.every = s.checkpoint_every if getattr(algorithm, "resumable", False) else None
+        self.path = checkpoint.checkpoint_path(runner.out_dir, spec.run_id)
+        self.identity = {"config": spec.config(), "metabench": metabench.__version__,
+                         "torch": str(torch.__version__), "git_commit": environment.git_commit(),
+                         "device": str(s.device), "threads": torch.get_num_threads()}
+        self.start, self.train_s, self.last = 0, 0.0, time.monotonic()
+        self.prior_losses: list[float] = []  # from the checkpoint
+        self.losses: list[float] = []  # every loss so far, for the next checkpoint
+        if self.every is None:
+            return
+        if s.force:
+            checkpoint.remove(self.path)
+            return
+        saved = checkpoint.load(self.path, self.identity)
+        if saved is not None:
+            algorithm.load_state_dict(saved["algorithm"])
+            episode_gen.set_state(saved["episode_gen"])
+            checkpoint.set_rng_state(saved["rng"], s.device)
+            self.start, self.prior_losses, self.train_s = saved["step"], list(saved["losses"]), saved["train_s"]
+            checked["tasks"] = saved["tasks"]
+            self.losses = list(self.prior_losses)
+
+    def after_step(self, step: int, loss: float, t0: float) -> None:
+        """Note the loss; write a checkpoint if one is due."""
+        if self.every is None:
+            return
+        self.losses.append(loss)
+        if time.monotonic() - self.last < self.every:
+            return
+        _sync(self.device)
+        checkpoint.save(self.path, {
+            "identity": self.identity, "step": step + 1, "losses": list(self.losses),
+            "train_s": self.train_s + time.perf_counter() - t0, "tasks": self.checked["tasks"],
+            "algorithm": self.algorithm.state_dict(), "episode_gen": self.episode_gen.get_state(),
+            "rng": checkpoint.rng_state(self.device)})
+        self.last = time.monotonic()
 
 
 class SuiteRunner:
@@ -138,6 +187,8 @@ class SuiteRunner:
         except Exception as exc:  # any plugin failure becomes a failed record
             record = self._failed_record(spec, stage.plugin, exc, time.perf_counter() - start)
         write_record(path, record)
+        if record["status"] == "ok":  # a failed run keeps its checkpoint: a re-run resumes from it
+            checkpoint.remove(checkpoint.checkpoint_path(self.out_dir, spec.run_id))
         return RunOutcome(spec.run_id, record["status"], path, record.get("error"), record)
 
     def failure_record(self, spec: RunSpec, plugin: str | None, error: str, wall_s: float,
@@ -193,6 +244,7 @@ class SuiteRunner:
 
         episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
         checked = {"n": 0, "tasks": 0}
+        resume = _Resume(self, spec, algorithm, episode_gen, checked)
 
         def stream() -> Iterator[EpisodeBatch]:
             while True:
@@ -210,14 +262,19 @@ class SuiteRunner:
                 yield batch
 
         desc = f"{label} {spec.run_id.rsplit('__', 1)[0]}"
-        with progress(total=b.steps, desc=f"{desc} train", unit="step") as bar:
+        with progress(total=b.steps, initial=resume.start, desc=f"{desc} train", unit="step") as bar:
             _sync(dev)
             t0 = time.perf_counter()
+
+            def on_step(step: int, loss: float) -> None:
+                bar.update(1)
+                resume.after_step(step, loss, t0)
+
             with stage(f"algorithm:{spec.algorithm}"):
-                losses = algorithm.meta_train(stream(), Budget(b.steps, b.meta_batch),
-                                              on_step=lambda s, loss: bar.update(1))
+                losses = resume.prior_losses + algorithm.meta_train(stream(), Budget(b.steps, b.meta_batch, resume.start),
+                                                              on_step=on_step)
             _sync(dev)
-            train_s = time.perf_counter() - t0
+            train_s = resume.train_s + time.perf_counter() - t0
 
         with stage("dataset:" + spec.dataset):
             indices = fixed_episode_indices(test, p.ways, p.shots, p.queries, b.test_episodes, spec.test_seed)
@@ -255,7 +312,8 @@ class SuiteRunner:
                       "meta_train_tasks": checked["tasks"],
                       "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
-                      "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev)},
+                      "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev),
+                      **({"resumed_from_step": resume.start} if resume.start else {})},
             "environment": environment.describe(dev),
         }
 

@@ -36,6 +36,16 @@ class Jittery(ProtoNet):
         return out + torch.rand(out.shape)          # the global RNG: not reproducible
 
 
+class Forgetful(ProtoNet):
+    name = "forgetful"                              # declares resumable, keeps a step count state_dict misses
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.seen = []
+    def train_step(self, batch, step):          # trains on the first batch it sees only
+        self.seen.append(step)
+        return super().train_step(batch, step) if len(self.seen) == 1 else 1.0
+
+
 class Peeking(TaskGenerator):
     name = "peeking"                                # claims to be unsupervised, reads labels
     def setup(self, data, ctx):
@@ -58,7 +68,7 @@ def _local():
 
 @hookimpl
 def metabench_algorithms():
-    return [BadShape, Jittery, Unfinished]
+    return [BadShape, Jittery, Forgetful, Unfinished]
 
 
 @hookimpl
@@ -89,6 +99,7 @@ def test_builtins_pass(name, kind, options, isolated, cache_dir):
 @pytest.mark.parametrize("name,check,message", [
     ("bad_shape", "predict", "predict() must return logits of shape (3, 15, 5)"),
     ("jittery", "deterministic", "the same seed gave other logits"),
+    ("forgetful", "resumable", "state_dict() misses some training state"),
     ("peeking", "setup", "tried to read labels from the UnlabeledSplit"),
     ("unfinished", "contract", "leaves abstract method(s) ['embed', 'predict', 'train_step'] unimplemented"),
     ("local_class", "picklable", "does not pickle"),

@@ -35,6 +35,7 @@ class ProtoNet(Algorithm):
                         {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
                         note="Table 1, row 'Prototypical Networks (ours)', Euclid., no fine-tuning; checked against "
                              "the paper's text; no CI published (1000 test episodes); trained 60-way")
+    resumable = True
 
     def setup(self, ctx: RunContext) -> None:
         """Build the Conv-4 embedding and its Adam optimiser."""

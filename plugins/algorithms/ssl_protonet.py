@@ -34,6 +34,7 @@ class SSLProtoNet(ProtoNet):
                          (20, 5): (89.08, 0.28)}, task_generator="unlabeled",
                         note="Table 1 (Omniglot), row 'ProtoTransfer'; paper fine-tunes (ProtoTune), ours does not; "
                              "5-way values match a copy of the table; 20-way not verified")
+    resumable = False  # ProtoCLR pre-training runs inside meta_train, outside the checkpointed steps
 
     def setup(self, ctx: RunContext) -> None:
         """Build the ProtoNet model and keep the unlabeled images for pre-training."""
