@@ -5,11 +5,15 @@ would have given.
 A checkpoint holds the step reached, the losses so far, the meta-training tasks and seconds so far, the
 algorithm's state (:func:`algorithm_state`), the episode generator's state and torch's global RNG
 states. It lives in ``<suite results>/.checkpoints/<run id>.pt``, is written atomically, read with
-``weights_only=True``, used only by a run with the same configuration, metabench version and git commit,
-and deleted once the run's ``ok`` record is written.
+``weights_only=True``, used only by a run with the same configuration and the same code
+(:func:`code_fingerprint`), and deleted once the run's ``ok`` record is written.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import inspect
 import os
 import sys
 import tempfile
@@ -22,6 +26,31 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 FORMAT = 1
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest(files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.encode() + b"\0")
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def code_fingerprint(*plugin_classes: type) -> str:
+    """A digest of the Python source of metabench, the built-in plugins and the modules of
+    ``plugin_classes``: a checkpoint resumes only under the code that wrote it (documentation edits,
+    suites and data do not count)."""
+    import metabench
+    import metabench_plugins
+
+    files = set()
+    for pkg in (metabench, metabench_plugins):
+        files.update(str(p) for p in Path(pkg.__file__).resolve().parent.rglob("*.py"))
+    for cls in plugin_classes:
+        with contextlib.suppress(TypeError, OSError):
+            files.add(str(Path(inspect.getsourcefile(cls)).resolve()))
+    return _source_digest(tuple(sorted(files)))
 
 
 def checkpoint_path(out_dir: Path, run_id: str) -> Path:

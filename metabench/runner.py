@@ -94,13 +94,13 @@ class _Resume:
     writes one every ``settings.checkpoint_every`` seconds. Only for ``resumable`` algorithms."""
 
     def __init__(self, runner: "SuiteRunner", spec: RunSpec, algorithm: Any, episode_gen: torch.Generator,
-                 checked: dict[str, int]) -> None:
+                 checked: dict[str, int], plugins: tuple[type, ...]) -> None:
         s = runner.settings
         self.algorithm, self.episode_gen, self.checked, self.device = algorithm, episode_gen, checked, s.device
         self.every = s.checkpoint_every if getattr(algorithm, "resumable", False) else None
         self.path = checkpoint.checkpoint_path(runner.out_dir, spec.run_id)
         self.identity = {"config": spec.config(), "metabench": metabench.__version__,
-                         "torch": str(torch.__version__), "git_commit": environment.git_commit(),
+                         "torch": str(torch.__version__), "code": checkpoint.code_fingerprint(*plugins),
                          "device": str(s.device), "threads": torch.get_num_threads()}
         self.start, self.train_s, self.last = 0, 0.0, time.monotonic()
         self.prior_losses: list[float] = []  # from the checkpoint
@@ -244,7 +244,7 @@ class SuiteRunner:
 
         episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
         checked = {"n": 0, "tasks": 0}
-        resume = _Resume(self, spec, algorithm, episode_gen, checked)
+        resume = _Resume(self, spec, algorithm, episode_gen, checked, (ds_info.cls, gen_info.cls, alg_info.cls))
 
         def stream() -> Iterator[EpisodeBatch]:
             while True:

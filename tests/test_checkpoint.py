@@ -9,6 +9,7 @@ import torch
 
 from metabench import EpisodeBatch, RunContext
 from metabench.bench import synthetic_batch
+from metabench import checkpoint
 from metabench.checkpoint import checkpoint_path
 from metabench.registry import discover
 from metabench.runner import Settings, SuiteRunner
@@ -89,14 +90,25 @@ def test_a_stopped_run_resumes_at_its_checkpoint_with_identical_results(tmp_path
             raise KeyboardInterrupt  # what SIGINT or a session's end does mid-run
         return original(self, batch, step)
 
-    monkeypatch.setattr(MetaSGD, "train_step", stop_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run_one(spec)
     ck = checkpoint_path(runner.out_dir, spec.run_id)
-    assert ck.exists() and not runner.record_path(spec).exists()
-    assert torch.load(ck, weights_only=True)["step"] == 4
 
-    monkeypatch.setattr(MetaSGD, "train_step", original)
+    def stop() -> None:
+        monkeypatch.setattr(MetaSGD, "train_step", stop_at_4)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_one(spec)
+        assert ck.exists() and not runner.record_path(spec).exists()
+        assert torch.load(ck, weights_only=True)["step"] == 4
+        monkeypatch.setattr(MetaSGD, "train_step", original)
+
+    stop()
+    with monkeypatch.context() as m:  # other code: the checkpoint is not used
+        m.setattr(checkpoint, "code_fingerprint", lambda *classes: "edited")
+        fresh = runner.run_one(spec).record
+    assert "resumed_from_step" not in fresh["speed"] and fresh["metrics"] == straight["metrics"]
+    assert "another configuration or code version" in capsys.readouterr().err and not ck.exists()
+
+    runner.record_path(spec).unlink()
+    stop()
     resumed = runner.run_one(spec).record
     assert resumed["status"] == "ok" and resumed["speed"]["resumed_from_step"] == 4
     assert resumed["metrics"] == straight["metrics"]
