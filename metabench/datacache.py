@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from metabench.atomic import write_atomic
 
 #: Bumped whenever the layout of cache files written by this module changes.
 FORMAT_VERSION = 1
@@ -57,18 +57,8 @@ def _load(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write ``tensors`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(tensors, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is fine to share read-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``tensors`` to ``path`` atomically (:func:`metabench.atomic.write_atomic`)."""
+    write_atomic(path, lambda fh: torch.save(tensors, fh), mode=0o644)  # a cache is fine to share read-only
 
 
 def cached_tensors(cache_dir: Path, key: str,

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from metabench.atomic import write_atomic
 
 SCHEMA_VERSION = 2  # 2: per-episode results (metrics.episode_correct); version 1 is refused
 
@@ -73,18 +73,8 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     """Validate ``record`` and write it to ``path`` atomically (temporary file in the same folder, fsync,
     rename): a reader sees the old file or the whole new one, never a part."""
     validate(record, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")), mode=0o644)
 
 
 def validate(record: Any, where: str) -> dict[str, Any]:
