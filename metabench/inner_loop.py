@@ -236,6 +236,19 @@ def meta_batch_query(model: nn.Module, params: Params, support_x: torch.Tensor, 
     return over_tasks(fn, (params, lrs), (support_x, support_y, query_x, query_y), path, not cfg.first_order)
 
 
+def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                   query_x: torch.Tensor, ways: int, cfg: InnerLoop, path: str, who: str,
+                   lrs: Params | None = None) -> torch.Tensor:
+    """Test-time prediction of the gradient-based learners: detached query logits ``[T, Q, ways]`` after
+    adapting detached copies of ``params`` (and ``lrs``), head cut to ``ways`` (:func:`fit_head`), to each
+    support set; gradients are enabled for the inner loop even under ``torch.no_grad``."""
+    params = fit_head({k: v.detach() for k, v in params.items()}, ways, who)
+    lrs = fit_head({k: v.detach() for k, v in lrs.items()}, ways, who) if lrs else None
+    with torch.enable_grad():
+        _, logits = meta_batch_query(model, params, support_x, support_y, query_x, None, cfg, lrs, path)
+    return logits.detach()
+
+
 def meta_batch_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,
                      path: str = "loop") -> tuple[Params, torch.Tensor]:
     """Adapted parameters of every task (each ``[T, *shape]``) and the last inner losses ``[T]``."""

@@ -271,8 +271,8 @@ class SuiteRunner:
                 resume.after_step(step, loss, t0)
 
             with stage(f"algorithm:{spec.algorithm}"):
-                losses = resume.prior_losses + algorithm.meta_train(stream(), Budget(b.steps, b.meta_batch, resume.start),
-                                                              on_step=on_step)
+                budget = Budget(b.steps, b.meta_batch, resume.start)
+                losses = resume.prior_losses + algorithm.meta_train(stream(), budget, on_step=on_step)
             _sync(dev)
             train_s = resume.train_s + time.perf_counter() - t0
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from metabench.cli import main
-from metabench.leaderboard import summarize, write_leaderboard
+from metabench.leaderboard import summarize
 from metabench.records import SCHEMA_VERSION, RecordError, load_records, read_record, write_record
 
 

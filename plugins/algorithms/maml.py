@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.inner_loop import (InnerLoop, MetaModel, Params, channels_last, fit_head, meta_batch_query,
-                                  resolve_path)
+from metabench.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_batch_query,
+                                  predict_logits, resolve_path)
 from metabench.seeding import derive_seed, seeded
 
 
@@ -78,12 +78,8 @@ class MAML(Algorithm):
 
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits ``[T, N*Q, ways]`` after ``test_inner_steps`` steps on each support set."""
-        params = fit_head({k: v.detach() for k, v in self.params.items()}, ways, self.name)
-        lrs = fit_head({k: v.detach() for k, v in self.lrs.items()}, ways, self.name) if self.lrs else None
-        with torch.enable_grad():
-            _, logits = meta_batch_query(self.model, params, self.layout(support_x), support_y,
-                                         self.layout(query_x), None, self.test_loop, lrs, self.path)
-        return logits.detach()
+        return predict_logits(self.model, self.params, self.layout(support_x), support_y, self.layout(query_x),
+                              ways, self.test_loop, self.path, self.name, self.lrs)
 
     @torch.no_grad()
     def embed(self, x):

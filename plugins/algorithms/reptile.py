@@ -16,8 +16,7 @@ import math
 import torch
 
 from metabench import Algorithm, Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.inner_loop import (InnerLoop, MetaModel, Params, fit_head, meta_batch_adapt, meta_batch_query,
-                                  resolve_path)
+from metabench.inner_loop import InnerLoop, MetaModel, Params, meta_batch_adapt, predict_logits, resolve_path
 from metabench.seeding import derive_seed, seeded
 
 
@@ -95,12 +94,8 @@ class Reptile(Algorithm):
 
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits after ``test_inner_steps`` Adam steps on minibatches of the support set."""
-        params = fit_head({k: v.detach() for k, v in self.params.items()}, ways, self.name)
         xb, yb = minibatches(support_x, support_y, self.test_loop.steps, self.test_batch, self.test_gen)
-        with torch.enable_grad():
-            _, logits = meta_batch_query(self.model, params, xb, yb, query_x, None, self.test_loop,
-                                         None, self.path)
-        return logits.detach()
+        return predict_logits(self.model, self.params, xb, yb, query_x, ways, self.test_loop, self.path, self.name)
 
     @torch.no_grad()
     def embed(self, x):
