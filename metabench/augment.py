@@ -11,7 +11,8 @@ Profiles (:data:`PROFILES`), overridable field by field (``augment(x, g, "mnist"
   at 28 px, here a fraction of the side) and random zeroing of pixels (each kept with probability 1/2, as
   in the authors' TensorFlow 2 code).
 * ``mnist`` / ``digits`` -- handwriting: a small shift, small affine warp (rotation, scale, shear) and light
-  pixel dropout; ``digits`` is milder, for scikit-learn's 8x8 images.
+  pixel dropout; ``digits`` is milder, for scikit-learn's 8x8 images. A digit survives these as the same
+  class, where the Omniglot profile's halving of the pixels and 6-pixel shifts often do not.
 * ``natural`` -- colour images: random resized crop, horizontal flip, brightness/contrast jitter, random
   greyscale.
 * ``none`` -- the identity.
@@ -76,9 +77,11 @@ def get_profile(profile: str | Profile, **overrides: float | str) -> Profile:
     return replace(profile, **overrides) if overrides else profile
 
 
-def auto_profile(image_shape: tuple[int, int, int]) -> str:
-    """The profile name for ``(C, H, W)`` images: ``natural`` if colour, ``digits`` if <= 16 px, else
-    ``omniglot``."""
+def auto_profile(image_shape: tuple[int, int, int], dataset: str = "") -> str:
+    """The profile named after ``dataset`` if there is one (``omniglot``, ``mnist``, ``digits``), else by
+    the ``(C, H, W)`` of the images: ``natural`` if colour, ``digits`` if <= 16 px, else ``omniglot``."""
+    if dataset in PROFILES:
+        return dataset
     c, h, w = image_shape
     if c == 3:
         return "natural"

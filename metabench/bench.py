@@ -153,7 +153,8 @@ def time_generators(generators: Sequence[str], dataset: str, device: torch.devic
     for name in generators:
         cls = reg.get("task_generator", plugin_name(name)).cls
         opts = cls.resolve_options({**(options or {}).get(plugin_name(name), {}), **(options or {}).get(name, {})})
-        ctx = RunContext(device, derive_seed("bench", name), ways, shots, queries, data.image_shape, opts, cache_dir)
+        ctx = RunContext(device, derive_seed("bench", name), ways, shots, queries, data.image_shape, opts, cache_dir,
+                         dataset=data.name)
         gen = cls()
         _sync(device)
         t0 = time.perf_counter()

@@ -163,6 +163,7 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
     unlabeled: "UnlabeledSplit | None" = None  # the meta-training images, for algorithms that pre-train on them
+    dataset: str = ""  # the dataset's name, for defaults that depend on it (e.g. augmentation profiles)
 
     def generator(self, purpose: str) -> torch.Generator:
         """A fresh ``torch.Generator`` on the run's device, seeded from the run seed and ``purpose``."""

@@ -232,14 +232,15 @@ class SuiteRunner:
         with stage(f"task_generator:{spec.task_generator}"):
             generator: TaskGenerator = gen_info.cls()
             gctx = RunContext(dev, derive_seed(spec.run_seed, "task_generator"), p.train_ways, p.train_shots,
-                              p.train_queries, data.image_shape, gen_opts, self.settings.cache_dir)
+                              p.train_queries, data.image_shape, gen_opts, self.settings.cache_dir,
+                              dataset=data.name)
             generator.setup(train if generator.uses_labels else train.unlabeled(), gctx)
 
         with stage(f"algorithm:{spec.algorithm}"):
             algorithm = alg_info.cls()
             actx = RunContext(dev, derive_seed(spec.run_seed, "algorithm"), p.train_ways, p.train_shots,
                               p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir,
-                              unlabeled=train.unlabeled())
+                              unlabeled=train.unlabeled(), dataset=data.name)
             algorithm.setup(actx)
 
         episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)

@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from metabench import PluginError, RunContext, UnlabeledSplit
-from metabench.augment import PROFILES, augment, sample_distinct
+from metabench.augment import PROFILES, augment, auto_profile, sample_distinct
 from metabench.autoencoder import encode, train_autoencoder
 from metabench.embeddings import fit_embedder
 from metabench.episodes import to_float
@@ -99,6 +99,12 @@ def test_augment_identity_and_components():
     assert float((cx - 14).abs().max()) > 2.0  # and it does move
     with pytest.raises(ValueError):
         augment(x, gen(0), "nope")
+
+
+def test_auto_profile_prefers_the_dataset_then_the_image_shape():
+    assert auto_profile((1, 28, 28), "mnist") == "mnist" and auto_profile((1, 28, 28), "omniglot") == "omniglot"
+    assert auto_profile((1, 28, 28)) == "omniglot" and auto_profile((1, 8, 8), "my_digits") == "digits"
+    assert auto_profile((3, 32, 32), "cifar") == "natural"
 
 
 def test_sample_distinct_is_distinct_uniform_and_deterministic():

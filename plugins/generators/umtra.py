@@ -6,7 +6,8 @@ more classes than N in the data they are likely of distinct classes). The suppor
 themselves (K=1 in the paper; for K>1, the image plus K-1 augmented copies) and every query is an
 augmented copy made by :func:`metabench.augment.augment`. Option ``augmentation``: a profile name of
 :mod:`metabench.augment` (``omniglot`` is the paper's shift + random pixel zeroing), or ``auto``
-(``natural`` for colour images, ``digits`` up to 16 px, else ``omniglot``).
+(the profile named after the dataset when there is one, e.g. ``mnist``; else ``natural`` for colour
+images, ``digits`` up to 16 px, ``omniglot`` otherwise).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class Umtra(TaskGenerator):
         """Keep the images and resolve the augmentation profile."""
         profile = ctx.options["augmentation"]
         if profile == "auto":
-            profile = auto_profile(ctx.image_shape)
+            profile = auto_profile(ctx.image_shape, ctx.dataset)
         if profile not in PROFILES:
             raise PluginError(f"umtra: augmentation must be 'auto' or one of {sorted(PROFILES)}, "
                               f"got {profile!r}")
