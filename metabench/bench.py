@@ -61,12 +61,14 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, w
     return statistics.median(times)
 
 
-def _resolve(algorithm: str | type[Algorithm]) -> type[Algorithm]:
-    if isinstance(algorithm, type):
-        return algorithm
+def _resolve(algorithms: Sequence[str | type[Algorithm]]) -> list[type[Algorithm]]:
+    """Algorithm classes for names (looked up in one plugin discovery) or classes (kept)."""
+    if all(isinstance(a, type) for a in algorithms):
+        return list(algorithms)
     from metabench.registry import discover
 
-    return discover().get("algorithm", algorithm).cls
+    reg = discover()
+    return [a if isinstance(a, type) else reg.get("algorithm", a).cls for a in algorithms]
 
 
 def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
@@ -111,8 +113,7 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     batch = synthetic_batch(meta_batch, ways, shots, train_queries, image_shape, device)
     eval_batch = synthetic_batch(meta_batch, ways, shots, queries, image_shape, device)
     rows: list[dict[str, Any]] = []
-    for algorithm in algorithms:
-        cls = _resolve(algorithm)
+    for cls in _resolve(algorithms):
         extra = dict((options or {}).get(cls.name, {}))
         base = {"algorithm": cls.name, "device": str(device), "ways": ways, "shots": shots, "queries": queries,
                 "train_queries": train_queries, "meta_batch": meta_batch, "options": extra}
@@ -192,20 +193,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     from metabench.cli import parse_options
 
-    names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    classes = _resolve([a.strip() for a in args.algorithms.split(",") if a.strip()])
     given = parse_options(args.option)
     if given is None:
         return 2
-    options = {}
-    for name in names:
-        cls = _resolve(name)
-        options[cls.name] = {k: v for k, v in given.items() if k in cls.defaults}
+    options = {cls.name: {k: v for k, v in given.items() if k in cls.defaults} for cls in classes}
     unused = [k for k in given if not any(k in o for o in options.values())]
     if unused:
         print(f"metabench: error: no timed algorithm has the option(s) {', '.join(unused)}", file=sys.stderr)
         return 2
-    rows = run_bench(names, args.device, args.ways, args.shots, args.queries, args.meta_batch,
-                     args.repeats, args.warmup, options=options, train_queries=args.train_queries) if names else []
+    rows = run_bench(classes, args.device, args.ways, args.shots, args.queries, args.meta_batch,
+                     args.repeats, args.warmup, options=options, train_queries=args.train_queries) if classes else []
     gens = [g.strip() for g in (args.generators or "").split(",") if g.strip()]
     gen_rows = time_generators(gens, args.dataset, args.device, args.ways, args.shots, args.queries,
                                args.meta_batch, max(args.repeats, 10), args.warmup, args.data_root,

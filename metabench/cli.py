@@ -69,9 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
     runner = SuiteRunner(suite, reg, settings)
-    from fnmatch import fnmatchcase
-
-    runs = [r for r in suite.runs() if not args.only or any(fnmatchcase(r.run_id, p) for p in args.only)]
+    runs = suite.runs(tuple(args.only or ()))
     print(f"metabench: suite {suite.name!r}: {len(runs)} run(s) on {settings.device} ({executor.name} "
           f"executor), records in {runner.out_dir}", file=sys.stderr)
 

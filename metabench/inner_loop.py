@@ -114,10 +114,11 @@ def resolve_path(path: str, device: torch.device | str) -> str:
     """``"batched"`` or ``"loop"`` for ``path`` on ``device``.
 
     ``auto`` comes from measurement (``metabench bench``, Conv-4, meta-batch 32, 2-core CPU): on CPU the
-    per-task loop. There ``vmap`` wins only on the smallest tasks, and not for every learner (10 images
-    per task: MAML 1.06x, Meta-SGD 1.19x, but ANIL 0.84x and Reptile's minibatches of 10 0.63x), and from
-    15 images per task on the loop is 1.25-5x faster for all of them (vmap's grouped convolutions and
-    strided elementwise ops are slow on CPU). On CUDA the batched path, where one launch serves every
+    per-task loop. There ``vmap`` wins only on the smallest tasks, and not for every learner (meta-training
+    on 10 images per task, over four bench runs: MAML 1.06-1.53x, Meta-SGD 1.19-1.38x, but ANIL 0.84-0.96x
+    and Reptile's minibatches of 10 0.63-0.76x), adaptation on 15-query episodes is 2-3x slower batched,
+    and from 15 images per task on the loop is 1.25-5x faster for all of them (vmap's grouped convolutions
+    and strided elementwise ops are slow on CPU). On CUDA the batched path, where one launch serves every
     task of the meta-batch.
     """
     if path not in PATHS:

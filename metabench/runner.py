@@ -99,14 +99,14 @@ class _Resume:
         self.algorithm, self.episode_gen, self.checked, self.device = algorithm, episode_gen, checked, s.device
         self.every = s.checkpoint_every if getattr(algorithm, "resumable", False) else None
         self.path = checkpoint.checkpoint_path(runner.out_dir, spec.run_id)
-        self.identity = {"config": spec.config(), "metabench": metabench.__version__,
-                         "torch": str(torch.__version__), "code": checkpoint.code_fingerprint(*plugins),
-                         "device": str(s.device), "threads": torch.get_num_threads()}
         self.start, self.train_s, self.last = 0, 0.0, time.monotonic()
         self.prior_losses: list[float] = []  # from the checkpoint
         self.losses: list[float] = []  # every loss so far, for the next checkpoint
         if self.every is None:
             return
+        self.identity = {"config": spec.config(), "metabench": metabench.__version__,
+                         "torch": str(torch.__version__), "code": checkpoint.code_fingerprint(*plugins),
+                         "device": str(s.device), "threads": torch.get_num_threads()}
         if s.force:
             checkpoint.remove(self.path)
             return
@@ -155,12 +155,10 @@ class SuiteRunner:
         another; see :mod:`metabench.executors`); ``on_outcome`` hears of each run as it completes. ``only``:
         shell patterns; when given, just the runs whose id matches one of them. Returns the outcomes in suite
         order."""
-        from fnmatch import fnmatchcase
-
         from metabench.executors import LocalExecutor
 
         check_suite_plugins(self.suite, self.registry)
-        runs = [r for r in self.suite.runs() if not only or any(fnmatchcase(r.run_id, p) for p in only)]
+        runs = self.suite.runs(only)
         done: dict[str, RunOutcome] = {}
         for outcome in (executor or LocalExecutor()).execute(self, runs):
             done[outcome.run_id] = outcome

@@ -41,6 +41,7 @@ import itertools
 import json
 import re
 import sys
+from fnmatch import fnmatchcase
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,9 @@ class Suite:
                 "ways": protocol.ways, "shots": protocol.shots}
         return any(all(have[k] in values for k, values in rule.items()) for rule in self.exclude)
 
-    def runs(self) -> list[RunSpec]:
-        """The grid minus the excluded combinations, in a stable order."""
+    def runs(self, only: tuple[str, ...] | list[str] = ()) -> list[RunSpec]:
+        """The grid minus the excluded combinations, in a stable order; with ``only`` (shell patterns), just
+        the runs whose id matches one of them."""
         out = []
         for ds, gen, alg, proto, seed in itertools.product(self.datasets, self.task_generators,
                                                            self.algorithms, self.protocols, self.seeds):
@@ -175,7 +177,7 @@ class Suite:
                 continue
             opts = {k: self.options_for(k) for k in (ds, gen, alg) if self.options_for(k)}
             out.append(RunSpec(self.name, ds, gen, alg, proto, seed, self.budget_for(gen, alg), opts))
-        return out
+        return [r for r in out if not only or any(fnmatchcase(r.run_id, p) for p in only)]
 
 
 _TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
