@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from metabench.records import RecordError, read_record, write_record
+from metabench.records import RecordError, read_ok_record, read_record, write_record
 from metabench.runlock import RunLock, clear_stale, describe_holder, lock_path, try_acquire
 from metabench.runner import RunOutcome, Settings, SuiteRunner
 from metabench.suite import RunSpec, Suite
@@ -268,27 +268,19 @@ def run_with_timeout(job: Job) -> RunOutcome:
 # ---------------------------------------------------------------------------------------- executors
 
 
-def _ok_record(path: Path) -> dict[str, Any] | None:
-    try:
-        record = read_record(path)
-    except (OSError, RecordError):
-        return None
-    return record if record["status"] == "ok" else None
-
-
 def claim(runner: SuiteRunner, spec: RunSpec) -> tuple[RunOutcome | None, RunLock | None]:
     """Decide whether this executor runs ``spec``: ``(skipped outcome, None)`` if its ``ok`` record exists
     (and not ``force``) or another live process holds its lock, else ``(None, lock)`` with the lock held."""
     path = runner.record_path(spec)
     force = runner.settings.force
-    if not force and (rec := _ok_record(path)) is not None:
+    if not force and (rec := read_ok_record(path)) is not None:
         clear_stale(runner.out_dir, spec.run_id)  # its holder was killed after writing the record
         return RunOutcome(spec.run_id, "skipped", path, record=rec), None
     lock = try_acquire(runner.out_dir, spec.run_id)
     if lock is None:
         holder = describe_holder(lock_path(runner.out_dir, spec.run_id))
         return RunOutcome(spec.run_id, "skipped", path, error=f"running elsewhere: {holder}"), None
-    if not force and (rec := _ok_record(path)) is not None:  # finished by another process meanwhile
+    if not force and (rec := read_ok_record(path)) is not None:  # finished by another process meanwhile
         lock.release()
         return RunOutcome(spec.run_id, "skipped", path, record=rec), None
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write; ours now

@@ -98,6 +98,16 @@ def read_record(path: Path) -> dict[str, Any]:
     return validate(data, str(path))
 
 
+def read_ok_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` if it exists, is valid and says ``ok``; else ``None`` (a missing, corrupt,
+    foreign or failed record is one to (re)run)."""
+    try:
+        record = read_record(path)
+    except (OSError, RecordError):
+        return None
+    return record if record["status"] == "ok" else None
+
+
 def load_records(root: Path) -> tuple[list[dict[str, Any]], list[RecordError]]:
     """Every valid record under ``root`` (recursively, sorted by path) and the errors of the others."""
     records, errors = [], []

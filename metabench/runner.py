@@ -22,7 +22,7 @@ from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, Pl
 from metabench.clustering import cluster_tasks
 from metabench.evaluation import embed_tasks, evaluate, fixed_episode_indices, mean_ci95
 from metabench.progress import progress
-from metabench.records import SCHEMA_VERSION, RecordError, read_record, write_record
+from metabench.records import SCHEMA_VERSION, read_ok_record, write_record
 from metabench.registry import Registry
 from metabench.seeding import derive_seed, make_generator
 from metabench.suite import RunSpec, Suite, plugin_name
@@ -169,13 +169,8 @@ class SuiteRunner:
     def run_one(self, spec: RunSpec, label: str = "") -> RunOutcome:
         """Run ``spec`` unless its ``ok`` record exists; always leaves a complete record or none."""
         path = self.record_path(spec)
-        if path.exists() and not self.settings.force:
-            try:
-                rec = read_record(path)
-                if rec["status"] == "ok":
-                    return RunOutcome(spec.run_id, "skipped", path, record=rec)
-            except RecordError:
-                pass  # a corrupt or foreign record is replaced by a fresh run
+        if not self.settings.force and (rec := read_ok_record(path)) is not None:
+            return RunOutcome(spec.run_id, "skipped", path, record=rec)  # a corrupt one is replaced
         stage = _Stage(self.on_stage)
         start = time.perf_counter()
         try:
