@@ -362,15 +362,13 @@ def _check_algorithm(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
         alg.setup(_context(derive_seed("check", info.name), shape, opts, cache_dir, train.unlabeled()))
         return alg
 
+    def stream(episodes: torch.Generator) -> Iterator[EpisodeBatch]:
+        while True:
+            yield sampler.sample(TASKS, episodes)
+
     def trained() -> tuple[Any, list[float], Any, Any]:
         alg = fresh()
-        episodes = make_generator(11)
-
-        def stream() -> Iterator[EpisodeBatch]:
-            while True:
-                yield sampler.sample(TASKS, episodes)
-
-        losses = [float(x) for x in alg.meta_train(stream(), Budget(2, TASKS))]
+        losses = [float(x) for x in alg.meta_train(stream(make_generator(11)), Budget(2, TASKS))]
         logits = alg.predict(probe.support_x, probe.support_y, probe.query_x, WAYS)
         return alg, losses, logits, alg.embed(images)
 
@@ -418,11 +416,6 @@ def _check_algorithm(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
         if not getattr(cls, "resumable", False):
             raise _Skip("resumable = False: runs of it restart from step 0 instead of a checkpoint")
         first, episodes = fresh(), make_generator(11)
-
-        def stream(g: torch.Generator) -> Iterator[EpisodeBatch]:
-            while True:
-                yield sampler.sample(TASKS, g)
-
         buf = io.BytesIO()
 
         class Stop(Exception):
