@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metabench.bench import synthetic_batch
+from metabench.execution.bench import synthetic_batch
 from metabench.contracts import RunContext
 from metabench_plugins.algorithms.maml import MAML
 

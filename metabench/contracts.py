@@ -163,7 +163,8 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
     unlabeled: "UnlabeledSplit | None" = None  # the meta-training images, for algorithms that pre-train on them
-    dataset: str = ""  # the dataset's name, for defaults that depend on it (e.g. augmentation profiles)
+    dataset: str = ""  # the dataset's name
+    augmentation: str = ""  # the augmentation profile the dataset plugin declares (``Dataset.augmentation``)
 
     def generator(self, purpose: str) -> torch.Generator:
         """A fresh ``torch.Generator`` on the run's device, seeded from the run seed and ``purpose``."""
@@ -191,6 +192,10 @@ class _Plugin:
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Options under which this plugin is a quick reference partner for checking *other* plugins
+    #: (``metabench check-plugin``'s checks and smoke run); ``None``: not a partner. Read from the class
+    #: itself, never inherited.
+    smoke_partner: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -203,7 +208,14 @@ class _Plugin:
 
 
 class Dataset(_Plugin, ABC):
-    """A source of images with labels and splits. Must not download anything unless asked to."""
+    """A source of images with labels and splits. Must not download anything unless asked to.
+
+    ``augmentation``: the augmentation profile (a name in :data:`metabench.toolkit.augment.PROFILES`) suited
+    to its images, which generators and algorithms with ``augmentation = "auto"`` use (``""``: chosen
+    from the image shape).
+    """
+
+    augmentation: ClassVar[str] = ""
 
     @abstractmethod
     def load(self, ctx: DataContext) -> ImageSet:
@@ -218,6 +230,9 @@ class TaskGenerator(_Plugin, ABC):
     """
 
     uses_labels: ClassVar[bool] = False
+    #: ``False`` for a generator that makes no tasks (for algorithms that learn from ``ctx.unlabeled``
+    #: alone); the conformance battery then does not sample from it.
+    gives_tasks: ClassVar[bool] = True
 
     @abstractmethod
     def setup(self, data: LabeledSplit | UnlabeledSplit, ctx: RunContext) -> None:
@@ -244,20 +259,23 @@ class Algorithm(_Plugin, ABC):
     ``resumable = True`` declares that a run of it can stop after any step and resume from a checkpoint:
     :meth:`meta_train` starts at ``budget.start``, and :meth:`state_dict` / :meth:`load_state_dict`
     capture all that training changes (the defaults find modules, optimisers, schedulers, generators,
-    tensors, dicts of tensors and plain numbers among the attributes; see :mod:`metabench.checkpoint`).
+    tensors, dicts of tensors and plain numbers among the attributes; see :mod:`metabench.state`).
     """
 
     resumable = False
+    #: ``False`` for an algorithm that learns from ``ctx.unlabeled`` alone and can run with a task generator
+    #: that gives no tasks (``gives_tasks = False``).
+    needs_tasks: ClassVar[bool] = True
 
     def state_dict(self) -> dict[str, Any]:
         """The training state to checkpoint (a dict of tensors, numbers, strings, lists and dicts)."""
-        from metabench.checkpoint import algorithm_state
+        from metabench.state import algorithm_state
 
         return algorithm_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output into this freshly set-up algorithm."""
-        from metabench.checkpoint import load_algorithm_state
+        from metabench.state import load_algorithm_state
 
         load_algorithm_state(self, state)
 
@@ -277,6 +295,18 @@ class Algorithm(_Plugin, ABC):
     @abstractmethod
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``[M, D]`` of images ``[M, C, H, W]`` (used for clustering evaluation)."""
+
+    def cluster(self, x: torch.Tensor, k: int) -> torch.Tensor | None:
+        """Optional: the algorithm's own clustering of unlabeled tasks (a meta-learned clusterer, e.g.
+        Meta-GMVAE's EM): images ``x`` float ``[T, M, C, H, W]`` -> cluster ids int64 ``[T, M]`` in
+        ``0..k-1``. Not overriding it (the default returns None) means the algorithm has none; the
+        clustering evaluation then scores only k-means on :meth:`embed`, as for every algorithm."""
+        return None
+
+    @classmethod
+    def has_own_clustering(cls) -> bool:
+        """Whether the class overrides :meth:`cluster`."""
+        return cls.cluster is not Algorithm.cluster
 
     def meta_train(self, stream: Iterator[EpisodeBatch], budget: Budget,
                    on_step: Any = None) -> list[float]:

@@ -36,3 +36,19 @@ def cache_dir(tmp_path_factory) -> Path:
         Path(env).mkdir(parents=True, exist_ok=True)
         return Path(env)
     return tmp_path_factory.mktemp("metabench-cache")
+
+
+@pytest.fixture()
+def env(tmp_path, cache_dir):
+    """``metabench run`` arguments: results in ``tmp_path``, the shared cache, a data root with no data."""
+    return ["--results", str(tmp_path / "results"), "--cache-dir", str(cache_dir),
+            "--data-root", str(tmp_path / "no-data")]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny tensors (threads only add overhead and contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

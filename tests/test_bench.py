@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from metabench.bench import run_bench, time_generators
-from metabench.cli import main
+from metabench.execution.bench import run_bench, time_generators
+from metabench.commands.cli import main
 
 
 def test_generator_timing_rows(cache_dir):

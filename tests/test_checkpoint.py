@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from metabench import EpisodeBatch, RunContext
-from metabench.bench import synthetic_batch
-from metabench import checkpoint
-from metabench.checkpoint import checkpoint_path
-from metabench.registry import discover
-from metabench.runner import Settings, SuiteRunner
-from metabench.suite import load_suite
+from metabench.execution.bench import synthetic_batch
+from metabench.engine import checkpoint
+from metabench.engine.checkpoint import checkpoint_path
+from metabench.engine.registry import discover
+from metabench.engine.runner import Settings, SuiteRunner
+from metabench.execution.outcomes import run_one
+from metabench.engine.suite import load_suite
 from metabench_plugins.algorithms.maml import MAML
 from metabench_plugins.algorithms.metasgd import MetaSGD
 from metabench_plugins.algorithms.protonet import ProtoNet
@@ -79,7 +80,7 @@ def _run(tmp_path, cache_dir, results: str, every):
 def test_a_stopped_run_resumes_at_its_checkpoint_with_identical_results(tmp_path, cache_dir, monkeypatch,
                                                                         capsys):
     runner, spec = _run(tmp_path, cache_dir, "straight", None)
-    straight = runner.run_one(spec).record
+    straight = run_one(runner, spec).record
     assert straight["status"] == "ok" and "resumed_from_step" not in straight["speed"]
 
     runner, spec = _run(tmp_path, cache_dir, "stopped", 0)  # a checkpoint after every step
@@ -95,7 +96,7 @@ def test_a_stopped_run_resumes_at_its_checkpoint_with_identical_results(tmp_path
     def stop() -> None:
         monkeypatch.setattr(MetaSGD, "train_step", stop_at_4)
         with pytest.raises(KeyboardInterrupt):
-            runner.run_one(spec)
+            run_one(runner, spec)
         assert ck.exists() and not runner.record_path(spec).exists()
         assert torch.load(ck, weights_only=True)["step"] == 4
         monkeypatch.setattr(MetaSGD, "train_step", original)
@@ -103,13 +104,13 @@ def test_a_stopped_run_resumes_at_its_checkpoint_with_identical_results(tmp_path
     stop()
     with monkeypatch.context() as m:  # other code: the checkpoint is not used
         m.setattr(checkpoint, "code_fingerprint", lambda *classes: "edited")
-        fresh = runner.run_one(spec).record
+        fresh = run_one(runner, spec).record
     assert "resumed_from_step" not in fresh["speed"] and fresh["metrics"] == straight["metrics"]
     assert "another configuration or code version" in capsys.readouterr().err and not ck.exists()
 
     runner.record_path(spec).unlink()
     stop()
-    resumed = runner.run_one(spec).record
+    resumed = run_one(runner, spec).record
     assert resumed["status"] == "ok" and resumed["speed"]["resumed_from_step"] == 4
     assert resumed["metrics"] == straight["metrics"]
     assert resumed["speed"]["meta_train_tasks"] == straight["speed"]["meta_train_tasks"] == 6 * 2
@@ -119,11 +120,11 @@ def test_a_stopped_run_resumes_at_its_checkpoint_with_identical_results(tmp_path
     ck.parent.mkdir(parents=True, exist_ok=True)
     ck.write_bytes(b"not a checkpoint")
     runner.settings.force = True
-    again = runner.run_one(spec).record
+    again = run_one(runner, spec).record
     assert "resumed_from_step" not in again["speed"] and again["metrics"] == straight["metrics"]
     runner.settings.force = False
     ck.parent.mkdir(parents=True, exist_ok=True)
     ck.write_bytes(b"not a checkpoint")
     runner.record_path(spec).unlink()
-    assert runner.run_one(spec).record["metrics"] == straight["metrics"]
+    assert run_one(runner, spec).record["metrics"] == straight["metrics"]
     assert "unreadable" in capsys.readouterr().err

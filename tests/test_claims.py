@@ -7,16 +7,17 @@ import textwrap
 import pytest
 
 from metabench import Claim
-from metabench.claims import SourcedClaim, gather_claims, plugin_claims, render_reproduction, write_reproduction
-from metabench.cli import main
-from metabench.leaderboard import summarize
-from metabench.records import write_record
-from metabench.registry import discover
-from tests.test_records_and_leaderboard import _record
+from metabench.report.reproduction import (SourcedClaim, gather_claims, plugin_claims, render_reproduction,
+                                           write_reproduction)
+from metabench.commands.cli import main
+from metabench.report.summary import summarize
+from metabench.engine.records import write_record
+from metabench.engine.registry import discover
+from tests.helpers import make_record
 
 
 def rec(alg, gen, ways, shots, acc, ci, seed=0, dataset="omniglot"):
-    r = _record(f"{dataset}-{alg}-{gen}-{ways}w{shots}s-{seed}", alg, seed, acc, ci, ways=ways, shots=shots)
+    r = make_record(f"{dataset}-{alg}-{gen}-{ways}w{shots}s-{seed}", alg, seed, acc, ci, ways=ways, shots=shots)
     r["config"].update(task_generator=gen, dataset=dataset)
     return r
 
@@ -56,12 +57,12 @@ def test_claims_are_resolved_per_plugin_and_not_inherited():
     from metabench_plugins.algorithms.maml import MAML
     from metabench_plugins.generators.cactus import Cactus
 
-    fo = plugin_claims("algorithm", "fomaml", FOMAML)
+    fo = plugin_claims("algorithm", "fomaml", FOMAML, ("oracle",))
     assert {sc.claim.value for sc in fo} == {98.3, 99.2, 89.4, 97.9}, "FOMAML must not inherit MAML's claims"
     assert {(sc.claim.algorithm, sc.claim.task_generator, sc.source) for sc in fo} == {
         ("fomaml", "oracle", "algorithm:fomaml")}
     maml = {(c.claim.ways, c.claim.shots): (c.claim.value, c.claim.ci)
-            for c in plugin_claims("algorithm", "maml", MAML)}
+            for c in plugin_claims("algorithm", "maml", MAML, ("oracle",))}
     assert maml == {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)}
     cactus = plugin_claims("task_generator", "cactus", Cactus)
     assert {(c.claim.algorithm, c.claim.task_generator) for c in cactus} == {("protonet", "cactus"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from metabench.clustering import cluster_tasks, matched_accuracy
+from metabench.engine.clustering import cluster_tasks, matched_accuracy
 
 
 def test_matched_accuracy_is_the_best_relabelling():

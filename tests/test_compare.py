@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from metabench.cli import main
-from metabench.compare import compare, holm, paired_test
-from metabench.records import write_record
-from tests.test_records_and_leaderboard import _record
+from metabench.commands.cli import main
+from metabench.report.compare import compare, holm, paired_test
+from metabench.engine.records import write_record
+from tests.helpers import make_record
 
 QUERIES = 75  # 5-way, 15 queries per class
 
@@ -24,7 +24,7 @@ def base_counts(seed: int, episodes: int = 200, p: float = 0.9) -> list[int]:
 def record(alg: str, seed: int, counts: list[int], options: dict | None = None, rate: float = 10.0,
            gen: str = "oracle", suite: str = "s") -> dict:
     """A record whose accuracy and CI follow from ``counts``."""
-    r = _record(f"{alg}-{gen}-{seed}-{suite}", alg, seed, rate=rate)
+    r = make_record(f"{alg}-{gen}-{seed}-{suite}", alg, seed, rate=rate)
     acc = np.asarray(counts) / QUERIES
     r["config"].update(task_generator=gen, suite=suite, options=options or {alg: {"lr": 0.001}})
     r["config"]["budget"]["test_episodes"] = len(counts)

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from metabench.cli import main
-from metabench.conformance import check_plugin, failures
-from metabench.records import read_record
-from metabench.scaffold import ScaffoldError, new_plugin
+from metabench.commands.cli import main
+from metabench.checks.conformance import check_plugin, failures
+from metabench.engine.records import read_record
+from metabench.checks.scaffold import ScaffoldError, new_plugin
 from tests.helpers import write_suite
 
 BROKEN = '''
@@ -152,7 +152,7 @@ def test_a_new_plugin_installed_from_outside_passes_and_runs(tmp_path, cache_dir
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
 
     def metabench(*args):
-        return subprocess.run([sys.executable, "-m", "metabench.cli", *args], env=env, cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "metabench.commands.cli", *args], env=env, cwd=tmp_path,
                               capture_output=True, text=True)
 
     checked = metabench("check-plugin", "outsider", "--cache-dir", str(cache_dir))

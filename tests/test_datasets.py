@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from metabench import DataContext, DatasetNotFoundError, ImageSet, PluginError
-from metabench.datacache import cache_key, cached_tensors
+from metabench.toolkit.datacache import cache_key, cached_tensors
 from metabench_plugins.datasets import digits, mnist, omniglot
 from metabench_plugins.datasets.digits import Digits
 from metabench_plugins.datasets.mnist import MNIST

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from metabench.contracts import LabeledSplit, PluginError
-from metabench.episodes import EpisodeSampler
-from metabench.evaluation import fixed_episode_indices, mean_ci95
+from metabench.toolkit.episodes import EpisodeSampler
+from metabench.engine.evaluation import fixed_episode_indices, mean_ci95
 from metabench.seeding import derive_seed, make_generator
 
 

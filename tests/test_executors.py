@@ -14,48 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from metabench.cli import main
-from metabench.executors import ExecutorError, LocalExecutor, ProcessExecutor, make_executor
-from metabench.records import read_record
-from metabench.runlock import is_stale, lock_path, try_acquire
-from tests.helpers import GARBAGE_PLUGIN, write_suite
+from metabench.commands.cli import main
+from metabench.execution.executors import ExecutorError, LocalExecutor, ProcessExecutor, make_executor
+from metabench.engine.records import read_record
+from metabench.execution.runlock import is_stale, lock_path, try_acquire
+from tests.helpers import GARBAGE_PLUGIN, SMALL, metrics_by_identity, small_suite, write_suite
 
 REPO = Path(__file__).resolve().parents[1]
-
-SMALL = """
-    name = "{name}"
-    datasets = ["digits"]
-    task_generators = ["oracle", "umtra"]
-    algorithms = {algorithms}
-    seeds = {seeds}
-    [[protocols]]
-    ways = 5
-    shots = 1
-    queries = 5
-    [budget]
-    steps = 5
-    meta_batch = 2
-    test_episodes = 20
-    cluster_tasks = 5
-    [options.protonet]
-    hidden = 8
-"""
-
-
-def small_suite(path: Path, name: str, algorithms=("protonet",), seeds=(0,)) -> Path:
-    return write_suite(path, SMALL.format(name=name, algorithms=json.dumps(list(algorithms)),
-                                          seeds=json.dumps(list(seeds))))
-
-
-def metrics_by_identity(folder: Path) -> dict[tuple, dict]:
-    """Valid records' metrics keyed by what identifies a run apart from the suite name."""
-    out = {}
-    for p in sorted(folder.glob("*.json")):
-        rec = read_record(p)
-        c = rec["config"]
-        out[(c["dataset"], c["task_generator"], c["algorithm"], c["seed"])] = rec["metrics"]
-    return out
-
 
 def wait_for(condition, timeout: float, what: str) -> None:
     """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
@@ -84,12 +49,6 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-@pytest.fixture()
-def env(tmp_path, cache_dir):
-    return ["--results", str(tmp_path / "results"), "--cache-dir", str(cache_dir),
-            "--data-root", str(tmp_path / "no-data")]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +115,7 @@ def test_a_suite_killed_mid_run_resumes_to_complete_valid_records(tmp_path, cach
     args = ["run", str(suite), "--results", str(tmp_path / "results"), "--cache-dir", str(cache_dir),
             "--executor", executor] + (["--workers", "2"] if executor == "process" else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "metabench.cli", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "metabench.commands.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(out.glob("*.json")) or proc.poll() is not None, 120, "a first record")
@@ -186,7 +145,7 @@ def test_a_suite_killed_mid_run_resumes_to_complete_valid_records(tmp_path, cach
 def test_two_concurrent_runs_on_one_results_folder_run_each_run_once(tmp_path, cache_dir):
     suite = small_suite(tmp_path / "c.toml", "conc", seeds=(0, 1))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "metabench.cli", "run", str(suite), "--results", str(tmp_path / "r"),
+    base = [sys.executable, "-m", "metabench.commands.cli", "run", str(suite), "--results", str(tmp_path / "r"),
             "--cache-dir", str(cache_dir)]
     procs = [subprocess.Popen(base + extra, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for extra in ([], ["--executor", "process", "--workers", "1"])]

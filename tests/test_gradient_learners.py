@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from metabench import Budget, EpisodeBatch, LabeledSplit, PluginError, RunContext
-from metabench.episodes import EpisodeSampler
-from metabench.evaluation import evaluate, fixed_episode_indices
-from metabench.inner_loop import InnerLoop, MetaModel, adapt, meta_batch_query, resolve_path
+from metabench.toolkit.episodes import EpisodeSampler
+from metabench.engine.evaluation import evaluate, fixed_episode_indices
+from metabench.toolkit.inner_loop import InnerLoop, MetaModel, adapt, meta_batch_query, resolve_path
 from metabench.seeding import make_generator
 from metabench_plugins.algorithms.anil import ANIL
 from metabench_plugins.algorithms.fomaml import FOMAML
@@ -23,13 +23,7 @@ T, N, K, Q, SHAPE = 3, 3, 2, 2, (1, 8, 8)  # 8x8 images: three pooled blocks, on
 PATHS = ["loop", "batched"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and oversubscribe a loaded machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from metabench.html_report import average_ranks, pareto
-from metabench.leaderboard import protocol_tables, summarize, write_leaderboard
-from tests.test_records_and_leaderboard import _record
+from metabench.report.html import average_ranks, pareto
+from metabench.report.leaderboard import write_leaderboard
+from metabench.report.summary import protocol_tables, summarize
+from tests.helpers import make_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = {"nmi": 0.41, "nmi_ci95": 0.02, "ari": 0.2, "ari_ci95": 0.01, "cluster_acc": 0.5,
@@ -25,7 +26,7 @@ CLUSTER = {"nmi": 0.41, "nmi_ci95": 0.02, "ari": 0.2, "ari_ci95": 0.01, "cluster
 
 
 def rec(alg, gen, acc, seed=0, dataset="omniglot", ways=5, shots=1, rate=10.0, nmi=False):
-    r = _record(f"{dataset}-{alg}-{gen}-{ways}w{shots}s-{seed}", alg, seed, acc, 0.01, ways=ways, shots=shots,
+    r = make_record(f"{dataset}-{alg}-{gen}-{ways}w{shots}s-{seed}", alg, seed, acc, 0.01, ways=ways, shots=shots,
                 rate=rate or 1.0)
     r["config"].update(dataset=dataset, task_generator=gen)
     if rate is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from metabench.cli import main
+from metabench.commands.cli import main
 from metabench.contracts import ImageSet
-from metabench.records import read_record
+from metabench.engine.records import read_record
 from metabench_plugins.datasets.digits import Digits
 from tests.helpers import write_suite
 

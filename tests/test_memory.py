@@ -1,4 +1,4 @@
-"""metabench.memory: the CPU peak follows a measured allocation and restarts after reset_peak."""
+"""metabench.engine.memory: the CPU peak follows a measured allocation and restarts after reset_peak."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metabench import memory
-
+from metabench.engine import memory
 CPU = torch.device("cpu")
 
 

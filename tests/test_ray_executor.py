@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from metabench.cli import main
-from metabench.records import read_record
+from metabench.commands.cli import main
+from metabench.engine.records import read_record
 from tests.helpers import GARBAGE_PLUGIN
-from tests.test_executors import metrics_by_identity, small_suite
+from tests.helpers import metrics_by_identity, small_suite
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from metabench.cli import main
-from metabench.registry import PluginConflictError, UnknownPluginError, discover
+from metabench.commands.cli import main
+from metabench.engine.registry import PluginConflictError, UnknownPluginError, discover
 
 BUILTINS = {("dataset", "omniglot"), ("dataset", "mnist"), ("dataset", "digits"),
             ("task_generator", "oracle"), ("algorithm", "protonet")}
@@ -114,7 +114,7 @@ def test_pip_installed_package_with_entry_point_shows_up(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(pkg)], check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-m", "metabench.cli", "list", "--json"], env=env, check=True,
+    out = subprocess.run([sys.executable, "-m", "metabench.commands.cli", "list", "--json"], env=env, check=True,
                          capture_output=True, text=True).stdout
     item = next(i for i in json.loads(out) if i["name"] == "pixel_nn")
     assert item == {"kind": "algorithm", "name": "pixel_nn", "origin": "mb-thirdparty", "version": "1.2.3",

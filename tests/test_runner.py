@@ -1,22 +1,15 @@
 """The whole path through the CLI: suite -> plugins -> episodes -> training -> records -> leaderboard."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from metabench.cli import main
-from metabench.records import read_record
+from metabench.commands.cli import main
+from metabench.engine.records import read_record
 from tests.helpers import GARBAGE_PLUGIN, TINY_DIGITS, write_suite
 
 def _records(folder):
     return {p.name: read_record(p) for p in sorted(folder.glob("*.json"))}
-
-
-@pytest.fixture()
-def env(tmp_path, cache_dir):
-    return ["--results", str(tmp_path / "results"), "--cache-dir", str(cache_dir),
-            "--data-root", str(tmp_path / "no-data")]
 
 
 def test_run_writes_records_resumes_and_reproduces(tmp_path, env):
@@ -59,6 +52,26 @@ def test_failing_plugins_get_failed_records_and_the_rest_runs(tmp_path, env, cap
     # a re-run retries only the failed runs
     assert main(["run", str(suite), *env, "--plugins-dir", str(plugdir)]) == 1
     assert "1 skipped" in capsys.readouterr().err
+
+
+def test_an_algorithms_own_clustering_is_scored_beside_kmeans(tmp_path, env):
+    plugdir = tmp_path / "plugins"
+    plugdir.mkdir()
+    (plugdir / "bad.py").write_text(GARBAGE_PLUGIN)
+    suite = write_suite(tmp_path / "own.toml", TINY_DIGITS.replace('name = "tiny"', 'name = "own"').replace(
+        'algorithms = ["protonet"]', 'algorithms = ["protonet", "nearest_seed", "bad_clusters"]').replace(
+        "test_episodes = 40", "test_episodes = 40\n    cluster_tasks = 12"))
+    assert main(["run", str(suite), *env, "--plugins-dir", str(plugdir)]) == 1
+    recs = {r["config"]["algorithm"]: r for r in _records(tmp_path / "results" / "own").values()}
+    m = recs["nearest_seed"]["metrics"]
+    assert 0 <= m["own_nmi"] <= 1 and m["own_nmi_ci95"] > 0 and "own_nmi" not in recs["protonet"]["metrics"]
+    assert m["own_nmi"] != m["nmi"] and m["cluster_tasks"] == 12
+    assert "cluster() must return int64 cluster ids [12, 30]" in recs["bad_clusters"]["error"]
+    assert recs["bad_clusters"]["failed_plugin"] == "algorithm:bad_clusters"
+    assert main(["leaderboard", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")]) == 0
+    board = (tmp_path / "lb" / "README.md").read_text()
+    row = next(line for line in board.splitlines() if line.startswith("| nearest_seed"))
+    assert "Own NMI" in board and f"{m['own_nmi']:.3f}" in row
 
 
 def test_missing_dataset_fails_that_run_with_where_it_looked(tmp_path, env):

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from metabench.suite import SuiteError, load_suite, parse_suite
+from metabench.engine.suite import SuiteError, load_suite, parse_suite
 from tests.helpers import TINY_DIGITS, write_suite
 
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomli backport, a dependency there
+    import tomli as tomllib
 
 
 def _data(**over):

@@ -9,12 +9,15 @@ from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from metabench import PluginError, RunContext, UnlabeledSplit
-from metabench.augment import PROFILES, augment, auto_profile, sample_distinct
-from metabench.autoencoder import encode, train_autoencoder
-from metabench.embeddings import fit_embedder
-from metabench.episodes import to_float
-from metabench.kmeans import kmeans
-from metabench.registry import discover
+from metabench.toolkit.augment import PROFILES, augment, auto_profile, sample_distinct
+from metabench.toolkit.autoencoder import encode, train_autoencoder
+from metabench.toolkit.embeddings import fit_embedder
+from metabench.toolkit.episodes import to_float
+from metabench.toolkit.kmeans import kmeans
+from metabench.engine.registry import discover
+from metabench_plugins.datasets.digits import Digits
+from metabench_plugins.datasets.mnist import MNIST
+from metabench_plugins.datasets.omniglot import Omniglot
 from metabench_plugins.generators.cactus import Cactus
 from metabench_plugins.generators.rotation import Rotation
 from metabench_plugins.generators.umtra import Umtra
@@ -22,13 +25,7 @@ from metabench_plugins.generators.umtra import Umtra
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests are small; one thread avoids contention with other work on a 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:
@@ -101,10 +98,12 @@ def test_augment_identity_and_components():
         augment(x, gen(0), "nope")
 
 
-def test_auto_profile_prefers_the_dataset_then_the_image_shape():
-    assert auto_profile((1, 28, 28), "mnist") == "mnist" and auto_profile((1, 28, 28), "omniglot") == "omniglot"
-    assert auto_profile((1, 28, 28)) == "omniglot" and auto_profile((1, 8, 8), "my_digits") == "digits"
-    assert auto_profile((3, 32, 32), "cifar") == "natural"
+def test_auto_profile_prefers_the_datasets_declaration_then_the_image_shape():
+    assert auto_profile((1, 28, 28), "handwriting") == "handwriting" and auto_profile((1, 8, 8), "strokes") == "strokes"
+    assert auto_profile((1, 28, 28)) == "strokes" and auto_profile((1, 8, 8), "no_such_profile") == "small_handwriting"
+    assert auto_profile((3, 32, 32)) == "natural"
+    declared = {cls.name: cls.augmentation for cls in (Omniglot, MNIST, Digits)}
+    assert declared == {"omniglot": "strokes", "mnist": "handwriting", "digits": "small_handwriting"}
 
 
 def test_sample_distinct_is_distinct_uniform_and_deterministic():
@@ -270,7 +269,7 @@ def test_cactus_embeddings_and_errors(digits):
 
 def test_umtra_batches_determinism_and_distinct_sources(digits):
     u = make(Umtra, digits, ways=5, shots=1, queries=3)
-    assert u.profile == "digits"
+    assert u.profile == "small_handwriting"
     b = u.sample(32, gen(0)).check("umtra", 32, 5, 1, 3, (1, 8, 8))
     assert_same(b, u.sample(32, gen(0)))
     assert not torch.equal(b.support_x, u.sample(32, gen(1)).support_x)

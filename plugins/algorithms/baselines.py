@@ -4,7 +4,7 @@ show what meta-learning adds on top of the embedding alone.
 
 ``embed_knn`` classifies queries by their k nearest support images; ``embed_linear`` fits a multinomial
 logistic regression on each task's support set (all tasks of a batch at once). The embedding (option
-``embedding``) is ``pixels``, ``pca`` or ``autoencoder`` (see :mod:`metabench.embeddings`); features are
+``embedding``) is ``pixels``, ``pca`` or ``autoencoder`` (see :mod:`metabench.toolkit.embeddings`); features are
 L2-normalised unless ``normalize = false`` (raw pixels: the classic k-means-on-pixels clustering baseline). Neither uses any task: pair them with the ``unlabeled`` generator.
 """
 from __future__ import annotations
@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from metabench import Algorithm, Budget, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.embeddings import EMBEDDINGS, fit_embedder
+from metabench.toolkit.embeddings import EMBEDDINGS, fit_embedder
 from metabench.seeding import derive_seed
 
 
 class _EmbeddingBaseline(Algorithm):
+    needs_tasks = False  # learns from ctx.unlabeled alone
     defaults = {"embedding": "pca", "dims": 64, "autoencoder_steps": 1500, "normalize": True}
 
     def setup(self, ctx: RunContext) -> None:
@@ -60,6 +61,7 @@ class EmbedKNN(_EmbeddingBaseline):
     description = "No-meta baseline: k-nearest-neighbour on an unsupervised embedding (pixels/PCA/autoencoder)"
     paper = "Hsu, Levine & Finn 2019, Unsupervised Learning via Meta-Learning (ICLR), Table 1 baselines"
     defaults = {**_EmbeddingBaseline.defaults, "k": 1}
+    smoke_partner = {"embedding": "pixels"}  # checks task generators that give no tasks
 
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x, ways):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_batch_query,
+from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_batch_query,
                                   predict_logits, resolve_path)
 from metabench.seeding import derive_seed, seeded
 
@@ -40,10 +40,7 @@ class MAML(Algorithm):
         with seeded(derive_seed(ctx.seed, "init")):
             self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"])).to(ctx.device)
             self.lrs = self.make_lrs(ctx)
-        # Channels-last images and filters, measured with `metabench bench --option channels_last=true` (2 CPU
-        # cores, 5-way 1-shot, meta-batch 32): ANIL's per-task loop trains 1.4x and adapts 1.45x as fast,
-        # MAML / FOMAML / Meta-SGD train within 5% and adapt 10-20% faster, every batched path is slower
-        # (0.72-0.97x). An option, off by default, so that records stay comparable with the committed ones.
+        # channels-last: off by default so records stay comparable (measurements: benchmarks/results/README.md)
         self.channels_last = bool(o["channels_last"])
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

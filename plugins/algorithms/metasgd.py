@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from metabench import Claim, PluginError, RunContext, hookimpl
-from metabench.inner_loop import Params
+from metabench.toolkit.inner_loop import Params
 from metabench_plugins.algorithms.maml import MAML
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from metabench import Algorithm, Claim, EpisodeBatch, RunContext, hookimpl
-from metabench.nets import Conv4
+from metabench.toolkit.nets import Conv4
 from metabench.seeding import derive_seed, seeded
 
 
@@ -36,6 +36,7 @@ class ProtoNet(Algorithm):
                         note="Table 1, row 'Prototypical Networks (ours)', Euclid., no fine-tuning; checked against "
                              "the paper's text; no CI published (1000 test episodes); trained 60-way")
     resumable = True
+    smoke_partner = {"hidden": 8}  # a small, fast reference for checking datasets and task generators
 
     def setup(self, ctx: RunContext) -> None:
         """Build the Conv-4 embedding and its Adam optimiser."""

@@ -16,7 +16,7 @@ import math
 import torch
 
 from metabench import Algorithm, Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.inner_loop import InnerLoop, MetaModel, Params, meta_batch_adapt, predict_logits, resolve_path
+from metabench.toolkit.inner_loop import InnerLoop, MetaModel, Params, meta_batch_adapt, predict_logits, resolve_path
 from metabench.seeding import derive_seed, seeded
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from metabench import Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.augment import PROFILES, augment, auto_profile, sample_distinct
-from metabench.episodes import to_float
+from metabench.toolkit.augment import PROFILES, augment, auto_profile, sample_distinct
+from metabench.toolkit.episodes import to_float
 from metabench_plugins.algorithms.protonet import ProtoNet, prototype_logits
 
 
@@ -42,7 +42,7 @@ class SSLProtoNet(ProtoNet):
         if ctx.unlabeled is None or len(ctx.unlabeled) < int(ctx.options["pretrain_ways"]):
             raise PluginError("ssl_protonet: needs at least pretrain_ways unlabeled meta-training images")
         profile = ctx.options["augmentation"]
-        self.profile = auto_profile(ctx.image_shape, ctx.dataset) if profile == "auto" else profile
+        self.profile = auto_profile(ctx.image_shape, ctx.augmentation) if profile == "auto" else profile
         if self.profile not in PROFILES:
             raise PluginError(f"ssl_protonet: unknown augmentation {profile!r}; known: {sorted(PROFILES)}")
         self.unlabeled = ctx.unlabeled.images

@@ -37,6 +37,8 @@ class Digits(Dataset):
              "Repository; protocol after Hsu, Levine & Finn (2019), Unsupervised Learning via "
              "Meta-Learning, ICLR")
     defaults: dict = {}
+    augmentation = "small_handwriting"
+    smoke_partner = {}  # small and bundled: the dataset other plugins are checked on
 
     def load(self, ctx: DataContext) -> ImageSet:
         """Load the bundled digits (``ctx`` paths unused), scale 0..16 to 0..255 uint8, split them."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from metabench import DataContext, Dataset, DatasetNotFoundError, ImageSet, PluginError, hookimpl
-from metabench.datacache import cached_tensors, cache_key
+from metabench.toolkit.datacache import cached_tensors, cache_key
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -74,6 +74,7 @@ class MNIST(Dataset):
              "recognition, Proc. IEEE 86(11); protocol: Hsu, Levine & Finn (2019), Unsupervised Learning "
              "via Meta-Learning, ICLR")
     defaults: dict = {}
+    augmentation = "handwriting"
 
     def load(self, ctx: DataContext) -> ImageSet:
         """Parse the idx files (or read them from ``ctx.cache_dir``) into one set with two splits."""

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from metabench import DataContext, Dataset, DatasetNotFoundError, ImageSet, PluginError, hookimpl
-from metabench.datacache import cached_tensors, cache_key
+from metabench.toolkit.datacache import cached_tensors, cache_key
 
 SETS = ("images_background", "images_evaluation")
 SPLITS = ("train", "val", "test")
@@ -153,6 +153,7 @@ class Omniglot(Dataset):
              "program induction, Science 350(6266); split: Vinyals et al. (2016), Matching Networks for "
              "One Shot Learning, NeurIPS")
     defaults = {"split": "vinyals"}
+    augmentation = "strokes"  # UMTRA's Omniglot augmentation
 
     def load(self, ctx: DataContext) -> ImageSet:
         """Decode (once, then from ``ctx.cache_dir``) and assemble the rotated classes of the split."""

@@ -7,7 +7,7 @@ as in the authors' code), to diversify the partitions; clusters with fewer than 
 A task picks a partition, N of its clusters, and K+Q members of each.
 
 Embeddings (option ``embedding``): ``pixels``; ``pca`` (top ``dims`` principal components); ``autoencoder``
-(a small conv autoencoder, :mod:`metabench.autoencoder`). The paper used BiGAN, ACAI and DeepCluster.
+(a small conv autoencoder, :mod:`metabench.toolkit.autoencoder`). The paper used BiGAN, ACAI and DeepCluster.
 The paper's settings are k=500 (Omniglot, miniImageNet) or 10 (MNIST) and P=100 (Omniglot, MNIST) or 50
 (miniImageNet). Defaults here: ``partitions=50`` (CPU-friendly; set 100 for the paper's Omniglot/MNIST
 runs) and ``clusters="auto"``: 500, reduced to ``M // (4 (K+Q))`` on small sets so that clusters can hold
@@ -23,12 +23,12 @@ import warnings
 import torch
 
 from metabench import Claim, EpisodeBatch, PluginError, RunContext, TaskGenerator, UnlabeledSplit, hookimpl
-from metabench.augment import sample_distinct
-from metabench.autoencoder import fingerprint
-from metabench.datacache import cache_key, cached_tensors
-from metabench.episodes import batch_from_indices, to_float
-from metabench.embeddings import EMBEDDINGS, fit_embedder
-from metabench.kmeans import kmeans
+from metabench.toolkit.augment import sample_distinct
+from metabench.toolkit.autoencoder import fingerprint
+from metabench.toolkit.datacache import cache_key, cached_tensors
+from metabench.toolkit.episodes import batch_from_indices, to_float
+from metabench.toolkit.embeddings import EMBEDDINGS, fit_embedder
+from metabench.toolkit.kmeans import kmeans
 from metabench.seeding import derive_seed
 
 VERSION = 1

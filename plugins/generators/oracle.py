@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from metabench import EpisodeBatch, LabeledSplit, RunContext, TaskGenerator, hookimpl
-from metabench.episodes import EpisodeSampler
+from metabench.toolkit.episodes import EpisodeSampler
 
 
 class Oracle(TaskGenerator):
@@ -18,6 +18,7 @@ class Oracle(TaskGenerator):
     description = "Supervised tasks from the true labels: the upper bound for unsupervised generators"
     paper = "Vinyals et al. 2016, Matching Networks for One Shot Learning (episodic training)"
     uses_labels = True
+    smoke_partner = {}  # the supervised reference for checking algorithms and datasets
 
     def setup(self, data: LabeledSplit, ctx: RunContext) -> None:
         """Index the labeled split once on the run's device."""

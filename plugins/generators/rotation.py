@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from metabench import EpisodeBatch, PluginError, RunContext, TaskGenerator, UnlabeledSplit, hookimpl
-from metabench.augment import sample_distinct
-from metabench.episodes import batch_from_indices
+from metabench.toolkit.augment import sample_distinct
+from metabench.toolkit.episodes import batch_from_indices
 
 TRANSFORMS = ("rot0", "rot90", "rot180", "rot270", "flip+rot0", "flip+rot90", "flip+rot180", "flip+rot270")
 

@@ -4,18 +4,18 @@ Khodadadeh, Bölöni & Shah, "Unsupervised Meta-Learning for Few-Shot Image Clas
 (arXiv:1811.11819). A task takes N random unlabeled images as its N classes (distinct images; with many
 more classes than N in the data they are likely of distinct classes). The support set is the images
 themselves (K=1 in the paper; for K>1, the image plus K-1 augmented copies) and every query is an
-augmented copy made by :func:`metabench.augment.augment`. Option ``augmentation``: a profile name of
-:mod:`metabench.augment` (``omniglot`` is the paper's shift + random pixel zeroing), or ``auto``
-(the profile named after the dataset when there is one, e.g. ``mnist``; else ``natural`` for colour
-images, ``digits`` up to 16 px, ``omniglot`` otherwise).
+augmented copy made by :func:`metabench.toolkit.augment.augment`. Option ``augmentation``: a profile name of
+:mod:`metabench.toolkit.augment` (``strokes`` is the paper's Omniglot shift + random pixel zeroing), or
+``auto`` (the profile the dataset plugin declares, e.g. ``handwriting`` for MNIST; else ``natural`` for
+colour images, ``small_handwriting`` up to 16 px, ``strokes`` otherwise).
 """
 from __future__ import annotations
 
 import torch
 
 from metabench import Claim, EpisodeBatch, PluginError, RunContext, TaskGenerator, UnlabeledSplit, hookimpl
-from metabench.augment import PROFILES, augment, auto_profile, sample_distinct
-from metabench.episodes import to_float
+from metabench.toolkit.augment import PROFILES, augment, auto_profile, sample_distinct
+from metabench.toolkit.episodes import to_float
 
 
 class Umtra(TaskGenerator):
@@ -35,7 +35,7 @@ class Umtra(TaskGenerator):
         """Keep the images and resolve the augmentation profile."""
         profile = ctx.options["augmentation"]
         if profile == "auto":
-            profile = auto_profile(ctx.image_shape, ctx.dataset)
+            profile = auto_profile(ctx.image_shape, ctx.augmentation)
         if profile not in PROFILES:
             raise PluginError(f"umtra: augmentation must be 'auto' or one of {sorted(PROFILES)}, "
                               f"got {profile!r}")

@@ -18,7 +18,7 @@ class NoTasks(TaskGenerator):
     name = "unlabeled"
     description = "No tasks: the algorithm learns from the unlabeled images alone (SSL, no-meta baselines)"
     paper = "Hsu, Levine & Finn 2019, Unsupervised Learning via Meta-Learning, ICLR (no-meta baselines)"
-    gives_tasks = False  # tells the conformance battery not to sample from it
+    gives_tasks = False
 
     def setup(self, data: UnlabeledSplit, ctx: RunContext) -> None:
         """Nothing to prepare."""

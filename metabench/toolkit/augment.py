@@ -5,14 +5,15 @@ change (shift, rotation, scale, shear, random resized crop, horizontal flip) of 
 affine matrix, and the batch is warped by a single ``affine_grid``/``grid_sample``; then colour jitter,
 random greyscale and pixel dropout are applied as masked tensor ops. Nothing reads the global RNG.
 
-Profiles (:data:`PROFILES`), overridable field by field (``augment(x, g, "mnist", dropout=0.0)``):
+Profiles (:data:`PROFILES`), overridable field by field (``augment(x, g, "handwriting", dropout=0.0)``);
+a dataset plugin names the one suited to its images in its ``augmentation`` attribute:
 
-* ``omniglot`` -- UMTRA's Omniglot augmentation (Khodadadeh et al. 2019): random translation (up to 6 px
+* ``strokes`` -- UMTRA's Omniglot augmentation (Khodadadeh et al. 2019): random translation (up to 6 px
   at 28 px, here a fraction of the side) and random zeroing of pixels (each kept with probability 1/2, as
   in the authors' TensorFlow 2 code).
-* ``mnist`` / ``digits`` -- handwriting: a small shift, small affine warp (rotation, scale, shear) and light
-  pixel dropout; ``digits`` is milder, for scikit-learn's 8x8 images. A digit survives these as the same
-  class, where the Omniglot profile's halving of the pixels and 6-pixel shifts often do not.
+* ``handwriting`` / ``small_handwriting`` -- digits: a small shift, small affine warp (rotation, scale,
+  shear) and light pixel dropout; ``small_handwriting`` is milder, for 8x8 images. A digit survives these
+  as the same class, where the ``strokes`` profile's halving of the pixels and 6-pixel shifts often do not.
 * ``natural`` -- colour images: random resized crop, horizontal flip, brightness/contrast jitter, random
   greyscale.
 * ``none`` -- the identity.
@@ -51,9 +52,9 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "none": Profile(),
-    "omniglot": Profile(shift=6 / 28, dropout=0.5),
-    "mnist": Profile(shift=3 / 28, rotate=15.0, scale=0.1, shear=10.0, dropout=0.1),
-    "digits": Profile(shift=1 / 8, rotate=10.0, scale=0.1, shear=5.0, dropout=0.05),
+    "strokes": Profile(shift=6 / 28, dropout=0.5),
+    "handwriting": Profile(shift=3 / 28, rotate=15.0, scale=0.1, shear=10.0, dropout=0.1),
+    "small_handwriting": Profile(shift=1 / 8, rotate=10.0, scale=0.1, shear=5.0, dropout=0.05),
     "natural": Profile(crop=0.35, hflip=0.5, jitter=0.4, grayscale=0.2, padding="border"),
 }
 
@@ -77,15 +78,16 @@ def get_profile(profile: str | Profile, **overrides: float | str) -> Profile:
     return replace(profile, **overrides) if overrides else profile
 
 
-def auto_profile(image_shape: tuple[int, int, int], dataset: str = "") -> str:
-    """The profile named after ``dataset`` if there is one (``omniglot``, ``mnist``, ``digits``), else by
-    the ``(C, H, W)`` of the images: ``natural`` if colour, ``digits`` if <= 16 px, else ``omniglot``."""
-    if dataset in PROFILES:
-        return dataset
+def auto_profile(image_shape: tuple[int, int, int], declared: str = "") -> str:
+    """The profile the dataset declares (``RunContext.augmentation``, from the dataset plugin's
+    ``augmentation``) if it names one, else by the ``(C, H, W)`` of the images: ``natural`` if colour,
+    ``small_handwriting`` if <= 16 px, else ``strokes``."""
+    if declared in PROFILES:
+        return declared
     c, h, w = image_shape
     if c == 3:
         return "natural"
-    return "digits" if max(h, w) <= 16 else "omniglot"
+    return "small_handwriting" if max(h, w) <= 16 else "strokes"
 
 
 def affine_params(u: torch.Tensor, p: Profile) -> torch.Tensor:
@@ -112,7 +114,7 @@ def affine_params(u: torch.Tensor, p: Profile) -> torch.Tensor:
     return theta_m.view(b, 2, 3)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, profile: str | Profile = "omniglot",
+def augment(x: torch.Tensor, generator: torch.Generator, profile: str | Profile = "strokes",
             **overrides: float | str) -> torch.Tensor:
     """Randomly augmented copies of float images ``x`` ``[B, C, H, W]`` in [0, 1] (same shape and range).
 

@@ -9,12 +9,12 @@
   (``--ray-cpus-per-run``, ``--ray-gpus-per-run``, fractions allowed), on a running cluster
   (``--address auto`` or an address) or on a local Ray started for the call. Ray is an optional extra.
 
-Every executor yields :class:`~metabench.runner.RunOutcome` objects as runs complete. Before running a run it
+Every executor yields :class:`~metabench.execution.outcomes.RunOutcome` objects as runs complete. Before running a run it
 skips it if its ``ok`` record exists (unless ``force``), then takes the run's lock
-(:mod:`metabench.runlock`): a run held by another live process is reported ``skipped`` with
+(:mod:`metabench.execution.runlock`): a run held by another live process is reported ``skipped`` with
 ``error = "running elsewhere ..."``, so several executors can share one results folder. Workers are
 top-level functions of picklable arguments (:class:`Job`) that build their own registry and
-:class:`~metabench.runner.SuiteRunner`; nothing is shared between runs, and every seed comes from the run's
+:class:`~metabench.engine.runner.SuiteRunner`; nothing is shared between runs, and every seed comes from the run's
 identity, so a run gives the same record metrics whichever executor runs it.
 
 **Threads.** CPU float reductions depend on the number of torch threads, so every executor gives each run
@@ -36,17 +36,19 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metabench.records import RecordError, read_ok_record, read_record, write_record
-from metabench.runlock import RunLock, clear_stale, describe_holder, lock_path, try_acquire
-from metabench.runner import RunOutcome, Settings, SuiteRunner
-from metabench.suite import RunSpec, Suite
+from metabench.engine.records import RecordError, read_record, write_record
+from metabench.engine.registry import Registry, discover
+from metabench.engine.runner import Settings, SuiteRunner
+from metabench.engine.suite import RunSpec, Suite
+from metabench.execution.outcomes import RunOutcome, done_outcome, run_one, write_failed
+from metabench.execution.runlock import RunLock, clear_stale, describe_holder, lock_path, try_acquire
 
 EXECUTORS = ("local", "process", "ray")
 RAY_HINT = ('--executor ray needs Ray, an optional extra: pip install "metabench[ray]" '
@@ -84,8 +86,6 @@ def available_cores() -> int:
 
 
 def _worker_runner(job: Job) -> SuiteRunner:
-    from metabench.registry import discover
-
     if job.threads:
         torch.set_num_threads(job.threads)
     return SuiteRunner(job.suite, discover(job.plugins_dirs), job.settings)
@@ -93,7 +93,7 @@ def _worker_runner(job: Job) -> SuiteRunner:
 
 def run_job(job: Job) -> RunOutcome:
     """Worker: run ``job`` in this process with a registry and runner of its own (no shared state)."""
-    return _worker_runner(job).run_one(job.spec, job.label)
+    return run_one(_worker_runner(job), job.spec, job.label)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -133,21 +133,12 @@ def _child_main(job: Job, conn: Any, stage: Any, parent_pid: int) -> None:
 
         runner.on_stage = on_stage
         conn.send(("started",))
-        conn.send(("outcome", runner.run_one(job.spec, job.label)))
+        conn.send(("outcome", run_one(runner, job.spec, job.label)))
     except BaseException as exc:  # anything outside run_one's own handling (a broken plugin registry, ...)
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=20)))
     finally:
         conn.close()
-
-
-def _failed(runner: SuiteRunner, spec: RunSpec, plugin: str | None, error: str, wall_s: float,
-            tb: str = "") -> RunOutcome:
-    """Write (atomically) and return a ``failed`` record for a failure seen by a supervisor."""
-    record = runner.failure_record(spec, plugin, error, wall_s, tb)
-    path = runner.record_path(spec)
-    write_record(path, record)
-    return RunOutcome(spec.run_id, "failed", path, error, record)
 
 
 class _Child:
@@ -213,19 +204,19 @@ class _Child:
             if self.outcome is not None:
                 return self.outcome
             if self.error is not None:
-                return _failed(runner, spec, None, self.error[0], wall, self.error[1])
+                return write_failed(runner, spec, None, self.error[0], wall, self.error[1])
             written = self._record_written_by_child(runner)
             if written is not None:
                 return written
             code = self.proc.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            return _failed(runner, spec, self._blame(), f"the run's worker process died ({how})", wall)
+            return write_failed(runner, spec, self._blame(), f"the run's worker process died ({how})", wall)
         if now >= self.deadline(run_timeout):
             self.kill()
             if self.started is None:
-                return _failed(runner, spec, None, f"the worker process did not start within "
+                return write_failed(runner, spec, None, f"the worker process did not start within "
                                                    f"{STARTUP_LIMIT_S:g} s", wall)
-            return _failed(runner, spec, self._blame(),
+            return write_failed(runner, spec, self._blame(),
                            f"run exceeded --run-timeout of {run_timeout:g} s", wall)
         return None
 
@@ -250,8 +241,6 @@ class _Child:
 def run_with_timeout(job: Job) -> RunOutcome:
     """Supervisor for one job: run it in a spawned child and kill it at ``job.run_timeout`` (used by Ray
     tasks that have a time limit)."""
-    from metabench.registry import Registry
-
     runner = SuiteRunner(job.suite, Registry(), job.settings)
     child = _Child(mp.get_context("spawn"), job, None)
     try:
@@ -272,17 +261,16 @@ def claim(runner: SuiteRunner, spec: RunSpec) -> tuple[RunOutcome | None, RunLoc
     """Decide whether this executor runs ``spec``: ``(skipped outcome, None)`` if its ``ok`` record exists
     (and not ``force``) or another live process holds its lock, else ``(None, lock)`` with the lock held."""
     path = runner.record_path(spec)
-    force = runner.settings.force
-    if not force and (rec := read_ok_record(path)) is not None:
+    if (skipped := done_outcome(runner, spec)) is not None:
         clear_stale(runner.out_dir, spec.run_id)  # its holder was killed after writing the record
-        return RunOutcome(spec.run_id, "skipped", path, record=rec), None
+        return skipped, None
     lock = try_acquire(runner.out_dir, spec.run_id)
     if lock is None:
         holder = describe_holder(lock_path(runner.out_dir, spec.run_id))
         return RunOutcome(spec.run_id, "skipped", path, error=f"running elsewhere: {holder}"), None
-    if not force and (rec := read_ok_record(path)) is not None:  # finished by another process meanwhile
+    if (skipped := done_outcome(runner, spec)) is not None:  # finished by another process meanwhile
         lock.release()
-        return RunOutcome(spec.run_id, "skipped", path, record=rec), None
+        return skipped, None
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write; ours now
         tmp.unlink(missing_ok=True)
     return None, lock
@@ -319,7 +307,7 @@ class LocalExecutor(Executor):
                     yield skipped
                     continue
                 try:
-                    outcome = runner.run_one(spec, label=f"[{i + 1}/{len(specs)}]")
+                    outcome = run_one(runner, spec, label=f"[{i + 1}/{len(specs)}]")
                 finally:
                     lock.release()
                 yield outcome
@@ -472,7 +460,7 @@ class RayExecutor(Executor):
         try:
             outcome: RunOutcome = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the task or its worker died
-            return _failed(runner, spec, f"algorithm:{spec.algorithm}", f"ray task failed: {exc}",
+            return write_failed(runner, spec, f"algorithm:{spec.algorithm}", f"ray task failed: {exc}",
                            time.monotonic() - t0)
         path = runner.record_path(spec)
         if outcome.record is not None:
@@ -532,3 +520,26 @@ def sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def check_suite_plugins(suite: Suite, registry: Registry) -> None:
+    """Fail early (before any run) if the suite names an unknown plugin or an unknown option."""
+    for kind, names in (("dataset", suite.datasets), ("task_generator", suite.task_generators),
+                        ("algorithm", suite.algorithms)):
+        for name in names:
+            registry.resolve(kind, name, suite.options_for(name))
+
+
+def run_suite(runner: SuiteRunner, executor: Executor | None = None, only: Sequence[str] = (),
+              on_outcome: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+    """Run (or skip) every run of ``runner``'s suite on ``executor`` (default: this process, one run after
+    another); ``on_outcome`` hears of each run as it completes. ``only``: shell patterns; when given, just
+    the runs whose id matches one of them. Returns the outcomes in suite order."""
+    check_suite_plugins(runner.suite, runner.registry)
+    runs = runner.suite.runs(tuple(only))
+    done: dict[str, RunOutcome] = {}
+    for outcome in (executor or LocalExecutor()).execute(runner, runs):
+        done[outcome.run_id] = outcome
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return [done[spec.run_id] for spec in runs if spec.run_id in done]

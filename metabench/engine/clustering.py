@@ -7,7 +7,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from metabench.kmeans import kmeans
+from metabench.toolkit.kmeans import kmeans
 from metabench.seeding import make_generator
 
 
@@ -26,12 +26,16 @@ def score_partition(true: np.ndarray, pred: np.ndarray) -> tuple[float, float, f
             matched_accuracy(true, pred))
 
 
+def score_tasks(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Scores ``[E, 3]`` (NMI, ARI, accuracy) of the partitions ``pred`` ``[E, M]`` against ``labels``."""
+    pred, true = pred.detach().cpu().numpy(), labels.detach().cpu().numpy()
+    return torch.tensor([score_partition(true[e], pred[e]) for e in range(pred.shape[0])], dtype=torch.float64)
+
+
 def cluster_tasks(features: torch.Tensor, labels: torch.Tensor, k: int, seed: int,
                   n_init: int = 10) -> torch.Tensor:
     """Scores ``[E, 3]`` (NMI, ARI, accuracy) of k-means (k-means++, best of ``n_init`` restarts) run on
     each of ``E`` tasks at once: ``features`` ``[E, M, D]`` with hidden classes ``labels`` ``[E, M]``."""
     feats = features.detach().to(torch.float64)
     result = kmeans(feats, k, make_generator(seed, feats.device), n_init=n_init)
-    pred, true = result.labels.cpu().numpy(), labels.detach().cpu().numpy()
-    return torch.tensor([score_partition(true[e], pred[e]) for e in range(feats.shape[0])],
-                        dtype=torch.float64)
+    return score_tasks(result.labels, labels)

@@ -101,7 +101,7 @@ from __future__ import annotations
 import torch
 
 from metabench import EpisodeBatch, RunContext, TaskGenerator, UnlabeledSplit, hookimpl
-from metabench.episodes import EpisodeSampler
+from metabench.toolkit.episodes import EpisodeSampler
 
 
 class $cls(TaskGenerator):
@@ -184,7 +184,7 @@ def metabench_algorithms():
 
 TEST = Template('''\
 """metabench's conformance battery on this plugin (python -m pytest, once the package is installed)."""
-from metabench.conformance import check_plugin, failures
+from metabench.checks.conformance import check_plugin, failures
 
 
 def test_${name}_passes_check_plugin():
@@ -244,7 +244,7 @@ def new_plugin(kind: str, name: str, directory: Path = Path("."), check_clash: b
     if root.exists():
         raise ScaffoldError(f"{root} exists already; choose another name or --dir")
     if check_clash:
-        from metabench.registry import discover
+        from metabench.engine.registry import discover
 
         have = discover().plugins[kind].get(name)
         if have is not None:

@@ -51,13 +51,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from metabench.names import base_name, merge_variant_options
 from metabench.seeding import derive_seed
 
 
-def plugin_name(name: str) -> str:
-    """The plugin behind a suite name: ``cactus@autoencoder`` is the ``cactus`` plugin with the options of
-    ``[options."cactus@autoencoder"]`` (a variant), reported under its full name."""
-    return name.split("@", 1)[0]
+plugin_name = base_name  # the plugin behind a suite entry (``cactus@ae`` -> ``cactus``)
 
 
 class SuiteError(ValueError):
@@ -152,7 +150,7 @@ class Suite:
 
     def options_for(self, name: str) -> dict[str, Any]:
         """Options of plugin ``name``: ``[options.<plugin>]`` updated by ``[options."<plugin>@<variant>"]``."""
-        return {**self.options.get(plugin_name(name), {}), **self.options.get(name, {})}
+        return merge_variant_options(self.options, name)
 
     def budget_for(self, task_generator: str, algorithm: str) -> BudgetSpec:
         """The budget with the algorithm's override (``[budget.<name>]``), else the generator's."""

@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from metabench.contracts import PluginError
-from metabench.nets import Conv4
+from metabench.toolkit.nets import Conv4
 
 Params = dict[str, torch.Tensor]
 PATHS = ("auto", "batched", "loop")
@@ -42,8 +42,7 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     ``F.batch_norm``'s batching rule for the double backward is wrong (pytorch/functorch issue #534;
     second-order MAML under ``vmap`` got meta-gradients ~5% off in float64 with torch 2.14), while its
     first-order gradients under ``vmap`` are exact (1e-15). Elsewhere it calls the fused ``F.batch_norm``,
-    which is exact and faster (Conv-4 on CPU: ~25% for the per-task loop, ~13% for first order under
-    ``vmap``).
+    which is exact and faster (see ``benchmarks/results/README.md``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -53,8 +52,7 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         """Normalise each channel of ``[M, C, H, W]`` over ``M, H, W`` (biased variance), scale and shift."""
         if not _ELEMENTARY_BN.get():
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        # the affine map folded into one per-channel scale: a single full-size multiply-add (20% faster
-        # for second-order MAML under vmap on CPU than normalising, then scaling, then shifting)
+        # the affine map folded into one per-channel scale: a single full-size multiply-add
         var, mean = torch.var_mean(x, (0, 2, 3), correction=0, keepdim=True)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
         return torch.addcmul(self.bias.view(1, -1, 1, 1) - mean * scale, x, scale)
@@ -113,13 +111,9 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def resolve_path(path: str, device: torch.device | str) -> str:
     """``"batched"`` or ``"loop"`` for ``path`` on ``device``.
 
-    ``auto`` comes from measurement (``metabench bench``, Conv-4, meta-batch 32, 2-core CPU): on CPU the
-    per-task loop. There ``vmap`` wins only on the smallest tasks, and not for every learner (meta-training
-    on 10 images per task, over four bench runs: MAML 1.06-1.53x, Meta-SGD 1.19-1.38x, but ANIL 0.84-0.96x
-    and Reptile's minibatches of 10 0.63-0.76x), adaptation on 15-query episodes is 2-3x slower batched,
-    and from 15 images per task on the loop is 1.25-5x faster for all of them (vmap's grouped convolutions
-    and strided elementwise ops are slow on CPU). On CUDA the batched path, where one launch serves every
-    task of the meta-batch.
+    ``auto`` comes from measurement (``metabench bench``; the figures are in ``benchmarks/results/README.md``):
+    on CPU the per-task loop, since ``vmap`` wins there only on the smallest tasks and not for every learner;
+    on CUDA the batched path, where one launch serves every task of the meta-batch.
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")

@@ -1,7 +1,7 @@
 """``leaderboards/index.html``: the leaderboard as one self-contained page (no network fetches).
 
-Built from the same summary DataFrame as the Markdown leaderboard (:func:`metabench.leaderboard.summarize`)
-and the same table cells (:func:`metabench.leaderboard.protocol_tables`), so both show the same numbers.
+Built from the same summary DataFrame as the Markdown leaderboard (:func:`metabench.report.leaderboard.summarize`)
+and the same table cells (:func:`metabench.report.leaderboard.protocol_tables`), so both show the same numbers.
 Per dataset and protocol: a sortable table (click a header), accuracy with 95% CI error bars per algorithm ×
 task generator, accuracy against meta-training throughput with its Pareto frontier, and clustering NMI where
 the records have it; then the average rank across datasets and protocols (as Meta-Dataset reports).
@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from metabench.leaderboard import HEADER_NOTE, ProtocolTable, failed_rows, protocol_tables
+from metabench.report.summary import HEADER_NOTE, ProtocolTable, failed_rows, protocol_tables
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["sendDataToCloud"]}
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -158,7 +158,15 @@ def nmi_figure(t: ProtocolTable, generators: list[str]) -> dict | None:
                      "error_y": {"type": "data", "visible": True,
                                  "array": [round(float(f.nmi_ci95[i]), 5) for i in idx]},
                      "marker": {"color": _color(generators, gen)}})
-    return {"data": data, "layout": _layout("Clustering NMI (k-means on the embedding) ± 95% CI",
+    own = [i for i in ok if pd.notna(f.own_nmi[i])]
+    if own:  # algorithms with their own (meta-learned) clustering: beside their k-means bars, hatched
+        data.append({"type": "bar", "name": "own clustering", "x": [xs[i] for i in own],
+                     "y": [round(float(f.own_nmi[i]), 5) for i in own],
+                     "error_y": {"type": "data", "visible": True,
+                                 "array": [round(float(f.own_nmi_ci95[i]), 5) for i in own]},
+                     "marker": {"color": "#777", "pattern": {"shape": "/"}}})
+    return {"data": data, "layout": _layout("Clustering NMI (k-means on the embedding; own clustering where "
+                                            "the algorithm has one) ± 95% CI",
                                             {"type": "category"}, {"title": {"text": "NMI"}, "range": [0, 1]},
                                             barmode="group")}
 

@@ -4,7 +4,7 @@ A stand-in for the learned embeddings CACTUs clusters (Hsu, Levine & Finn 2019 u
 DeepCluster): stride-2 convolutions down to a 7x7-ish map, a linear bottleneck of ``dim`` features, and a
 mirrored decoder trained with binary cross-entropy on pixel intensities in [0, 1]. Training is seeded
 (initialisation and mini-batches), so the same images, seed and options give the same encoder on one
-device. :func:`metabench.embeddings.fit_embedder` caches the trained encoder in a cache folder.
+device. :func:`metabench.toolkit.embeddings.fit_embedder` caches the trained encoder in a cache folder.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metabench.episodes import to_float
+from metabench.toolkit.episodes import to_float
 from metabench.seeding import make_generator, seeded
 
 #: Bumped when the architecture or the training recipe changes (invalidates cached embeddings).

@@ -1,13 +1,13 @@
-"""Runs a suite: for each run identity, dataset -> task generator -> algorithm -> evaluation -> record.
+"""One run, from its identity to its ``ok`` record: dataset -> task generator -> algorithm -> evaluation.
 
-A run that fails (a plugin raises, returns garbage or a non-finite loss, a dataset is missing) gets a
-``failed`` record naming the plugin; the other runs go on. A run whose ``ok`` record exists is skipped
-unless ``force``, so an interrupted suite resumes where it stopped.
+:meth:`SuiteRunner.execute` runs one :class:`~metabench.engine.suite.RunSpec` in this process and returns
+its record, or raises :class:`RunFailure` naming the plugin stage that failed (a plugin raised, returned
+garbage or a non-finite loss, a dataset is missing). Deciding whether to run at all, writing the record
+and turning a failure into a ``failed`` record are :mod:`metabench.execution`'s job.
 """
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,27 +16,24 @@ from typing import Any, Callable
 import torch
 
 import metabench
-from metabench import checkpoint, environment, memory
+from metabench.engine import checkpoint, environment, memory
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, PluginError, RunContext,
                                  TaskGenerator)
-from metabench.clustering import cluster_tasks
-from metabench.evaluation import embed_tasks, evaluate, fixed_episode_indices, mean_ci95
-from metabench.progress import progress
-from metabench.records import SCHEMA_VERSION, read_ok_record, write_record
-from metabench.registry import Registry
+from metabench.engine.clustering import cluster_tasks, score_tasks
+from metabench.engine.evaluation import cluster_own, embed_tasks, evaluate, fixed_episode_indices, mean_ci95
+from metabench.engine.progress import progress
+from metabench.engine.records import SCHEMA_VERSION
+from metabench.engine.registry import Registry
 from metabench.seeding import derive_seed, make_generator
-from metabench.suite import RunSpec, Suite, plugin_name
+from metabench.engine.suite import RunSpec, Suite, plugin_name
 
 
-@dataclass
-class RunOutcome:
-    """What happened to one run."""
+class RunFailure(Exception):
+    """A run failed inside ``plugin`` (``kind:name``, None: in the core); ``__cause__`` is the error."""
 
-    run_id: str
-    status: str  # ok, failed or skipped
-    path: Path
-    error: str | None = None
-    record: dict[str, Any] | None = None
+    def __init__(self, plugin: str | None, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.plugin = plugin
 
 
 @dataclass
@@ -49,15 +46,6 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     force: bool = False
     checkpoint_every: float | None = 600.0  # seconds between mid-run checkpoints; 0: every step; None: never
-
-
-def check_suite_plugins(suite: Suite, registry: Registry) -> None:
-    """Fail early (before any run) if the suite names an unknown plugin or an unknown option."""
-    for kind, names in (("dataset", suite.datasets), ("task_generator", suite.task_generators),
-                        ("algorithm", suite.algorithms)):
-        for name in names:
-            info = registry.get(kind, plugin_name(name))
-            info.cls.resolve_options(suite.options_for(name))
 
 
 def _sync(device: torch.device) -> None:
@@ -89,7 +77,7 @@ class _Stage:
 
 
 class _Resume:
-    """A run's mid-run checkpoints (:mod:`metabench.checkpoint`): on creation, restores the algorithm, the
+    """A run's mid-run checkpoints (:mod:`metabench.engine.checkpoint`): on creation, restores the algorithm, the
     episode generator and torch's RNGs from a matching checkpoint (``start`` > 0 then); :meth:`after_step`
     writes one every ``settings.checkpoint_every`` seconds. Only for ``resumable`` algorithms."""
 
@@ -149,48 +137,15 @@ class SuiteRunner:
         """Where the record of ``spec`` lives."""
         return self.out_dir / f"{spec.run_id}.json"
 
-    def run_all(self, on_outcome: Callable[[RunOutcome], None] | None = None,
-                executor: Any = None, only: tuple[str, ...] = ()) -> list[RunOutcome]:
-        """Run (or skip) every run of the suite on ``executor`` (default: this process, one run after
-        another; see :mod:`metabench.executors`); ``on_outcome`` hears of each run as it completes. ``only``:
-        shell patterns; when given, just the runs whose id matches one of them. Returns the outcomes in suite
-        order."""
-        from metabench.executors import LocalExecutor
-
-        check_suite_plugins(self.suite, self.registry)
-        runs = self.suite.runs(only)
-        done: dict[str, RunOutcome] = {}
-        for outcome in (executor or LocalExecutor()).execute(self, runs):
-            done[outcome.run_id] = outcome
-            if on_outcome is not None:
-                on_outcome(outcome)
-        return [done[spec.run_id] for spec in runs if spec.run_id in done]
-
-    def run_one(self, spec: RunSpec, label: str = "") -> RunOutcome:
-        """Run ``spec`` unless its ``ok`` record exists; always leaves a complete record or none."""
-        path = self.record_path(spec)
-        if not self.settings.force and (rec := read_ok_record(path)) is not None:
-            return RunOutcome(spec.run_id, "skipped", path, record=rec)  # a corrupt one is replaced
+    def execute(self, spec: RunSpec, label: str = "") -> dict[str, Any]:
+        """Run ``spec`` here and return its ``ok`` record (not written); :class:`RunFailure` if it fails."""
         stage = _Stage(self.on_stage)
-        start = time.perf_counter()
         try:
-            record = self._execute(spec, stage, label)
+            return self._execute(spec, stage, label)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # any plugin failure becomes a failed record
-            record = self._failed_record(spec, stage.plugin, exc, time.perf_counter() - start)
-        write_record(path, record)
-        if record["status"] == "ok":  # a failed run keeps its checkpoint: a re-run resumes from it
-            checkpoint.remove(checkpoint.checkpoint_path(self.out_dir, spec.run_id))
-        return RunOutcome(spec.run_id, record["status"], path, record.get("error"), record)
-
-    def failure_record(self, spec: RunSpec, plugin: str | None, error: str, wall_s: float,
-                       tb: str = "") -> dict[str, Any]:
-        """A ``failed`` record for a failure seen outside :meth:`run_one` (a run killed at its time limit,
-        a worker process that died)."""
-        record = self._failed_record(spec, plugin, RuntimeError(error), wall_s)
-        record["error"], record["traceback"] = error, tb
-        return record
+        except Exception as exc:  # blame the plugin stage it happened in
+            raise RunFailure(stage.plugin, exc) from exc
 
     # ----------------------------------------------------------------------------------- internals
 
@@ -210,12 +165,10 @@ class SuiteRunner:
         p, b = spec.protocol, spec.budget
         wall0 = time.perf_counter()
         memory.reset_peak(dev)
-        gen_info = self.registry.get("task_generator", plugin_name(spec.task_generator))
-        alg_info = self.registry.get("algorithm", plugin_name(spec.algorithm))
-        ds_info = self.registry.get("dataset", plugin_name(spec.dataset))
-        ds_opts = ds_info.cls.resolve_options(spec.options.get(spec.dataset))
-        gen_opts = gen_info.cls.resolve_options(spec.options.get(spec.task_generator))
-        alg_opts = alg_info.cls.resolve_options(spec.options.get(spec.algorithm))
+        ds_info, ds_opts = self.registry.resolve("dataset", spec.dataset, spec.options.get(spec.dataset))
+        gen_info, gen_opts = self.registry.resolve("task_generator", spec.task_generator,
+                                                   spec.options.get(spec.task_generator))
+        alg_info, alg_opts = self.registry.resolve("algorithm", spec.algorithm, spec.options.get(spec.algorithm))
 
         with stage(f"dataset:{spec.dataset}"):
             data = self._dataset(spec.dataset, ds_opts)
@@ -226,14 +179,15 @@ class SuiteRunner:
             generator: TaskGenerator = gen_info.cls()
             gctx = RunContext(dev, derive_seed(spec.run_seed, "task_generator"), p.train_ways, p.train_shots,
                               p.train_queries, data.image_shape, gen_opts, self.settings.cache_dir,
-                              dataset=data.name)
+                              dataset=data.name, augmentation=ds_info.cls.augmentation)
             generator.setup(train if generator.uses_labels else train.unlabeled(), gctx)
 
         with stage(f"algorithm:{spec.algorithm}"):
             algorithm = alg_info.cls()
             actx = RunContext(dev, derive_seed(spec.run_seed, "algorithm"), p.train_ways, p.train_shots,
                               p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir,
-                              unlabeled=train.unlabeled(), dataset=data.name)
+                              unlabeled=train.unlabeled(), dataset=data.name,
+                              augmentation=ds_info.cls.augmentation)
             algorithm.setup(actx)
 
         episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
@@ -290,6 +244,11 @@ class SuiteRunner:
             for j, key in enumerate(("nmi", "ari", "cluster_acc")):
                 clustering[key], clustering[f"{key}_ci95"] = mean_ci95(scores[:, j])
             clustering["cluster_tasks"] = int(sub.shape[0])
+            if algorithm.has_own_clustering():  # a meta-learned clusterer, scored beside k-means
+                with stage(f"algorithm:{spec.algorithm}"):
+                    own = score_tasks(cluster_own(algorithm, test, sub, p.ways, b.eval_batch), classes)
+                for j, key in enumerate(("own_nmi", "own_ari", "own_cluster_acc")):
+                    clustering[key], clustering[f"{key}_ci95"] = mean_ci95(own[:, j])
         config = spec.config()
         config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts}
         return {
@@ -308,22 +267,5 @@ class SuiteRunner:
                       "meta_train_s": train_s, "eval_s": eval_s,
                       "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev),
                       **({"resumed_from_step": resume.start} if resume.start else {})},
-            "environment": environment.describe(dev),
-        }
-
-    def _failed_record(self, spec: RunSpec, plugin: str | None, exc: BaseException,
-                       wall_s: float) -> dict[str, Any]:
-        dev = self.settings.device
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": spec.run_id,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {exc}",
-            "failed_plugin": plugin,
-            "traceback": traceback.format_exc(limit=20),
-            "config": spec.config(),
-            "metrics": {},
-            "speed": {"meta_train_tasks_per_s": None, "eval_tasks_per_s": None, "wall_s": wall_s,
-                      "peak_mem_mb": memory.peak_mb(dev)},
             "environment": environment.describe(dev),
         }

@@ -6,6 +6,8 @@ two plugins of the same kind and name are a :class:`PluginConflictError`.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import importlib.metadata as md
 import importlib.util
 import sys
@@ -16,15 +18,15 @@ from types import ModuleType
 import pluggy
 
 from metabench import hookspecs
-from metabench.contracts import Algorithm, Dataset, TaskGenerator
+from metabench.names import base_name
+from metabench.contracts import KINDS, Algorithm, Dataset, TaskGenerator
 
 ENTRY_POINT_GROUP = "metabench"
 
-HOOKS = {  # kind -> (hook name, base class)
-    "dataset": ("metabench_datasets", Dataset),
-    "task_generator": ("metabench_task_generators", TaskGenerator),
-    "algorithm": ("metabench_algorithms", Algorithm),
-}
+HOOKS = dict(zip(KINDS, (  # kind -> (hook name, base class)
+    ("metabench_datasets", Dataset),
+    ("metabench_task_generators", TaskGenerator),
+    ("metabench_algorithms", Algorithm))))
 
 
 class PluginConflictError(Exception):
@@ -81,6 +83,12 @@ class Registry:
                 if name in f.source:
                     hint = f" (a plugin source {f.source} failed to load: {f.error})"
             raise UnknownPluginError(f"unknown {kind.replace('_', ' ')} {name!r}; known: {known}{hint}") from None
+
+    def resolve(self, kind: str, entry: str, given: dict[str, Any] | None = None) -> tuple[PluginInfo, dict[str, Any]]:
+        """The plugin behind suite entry ``entry`` (a name or a ``name@variant``) and its options: the
+        plugin's ``defaults`` updated by ``given``; an unknown plugin or option raises naming it."""
+        info = self.get(kind, base_name(entry))
+        return info, info.cls.resolve_options(given)
 
     def all(self) -> list[PluginInfo]:
         """Every plugin, sorted by kind (dataset, task generator, algorithm) then name."""

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from metabench.autoencoder import VERSION as AE_VERSION
-from metabench.autoencoder import ConvAutoencoder, fingerprint, train_autoencoder
-from metabench.datacache import cache_key, cached_tensors
-from metabench.episodes import to_float
+from metabench.toolkit.autoencoder import VERSION as AE_VERSION
+from metabench.toolkit.autoencoder import ConvAutoencoder, fingerprint, train_autoencoder
+from metabench.toolkit.datacache import cache_key, cached_tensors
+from metabench.toolkit.episodes import to_float
 from metabench.seeding import make_generator
 
 EMBEDDINGS = ("pixels", "pca", "autoencoder")

@@ -22,9 +22,14 @@ _OK_METRICS = {"type": "object", "required": ["accuracy_mean", "accuracy_ci95", 
                               "nmi": {"type": "number", "minimum": 0, "maximum": 1},
                               "ari": {"type": "number", "minimum": -1, "maximum": 1},
                               "cluster_acc": {"type": "number", "minimum": 0, "maximum": 1},
-                              "cluster_tasks": {"type": "integer", "minimum": 1}},
+                              "cluster_tasks": {"type": "integer", "minimum": 1},
+                              "own_nmi": {"type": "number", "minimum": 0, "maximum": 1},
+                              "own_ari": {"type": "number", "minimum": -1, "maximum": 1},
+                              "own_cluster_acc": {"type": "number", "minimum": 0, "maximum": 1}},
                "dependentRequired": {"nmi": ["nmi_ci95", "ari", "ari_ci95", "cluster_acc",
-                                             "cluster_acc_ci95", "cluster_tasks"]}}
+                                             "cluster_acc_ci95", "cluster_tasks"],
+                                     "own_nmi": ["own_nmi_ci95", "own_ari", "own_ari_ci95", "own_cluster_acc",
+                                                 "own_cluster_acc_ci95", "nmi"]}}
 
 RECORD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from metabench.records import RecordError, load_records, read_record
+from metabench.engine.records import RecordError, load_records, read_record
 
 IDENTITY = ("dataset", "ways", "shots", "queries", "task_generator", "algorithm", "seed")
 TESTS = ("ttest", "wilcoxon")

@@ -6,7 +6,7 @@ import math
 import torch
 
 from metabench.contracts import Algorithm, LabeledSplit, PluginError
-from metabench.episodes import EpisodeSampler, batch_from_indices, to_float
+from metabench.toolkit.episodes import EpisodeSampler, batch_from_indices, to_float
 from metabench.seeding import make_generator
 
 
@@ -43,6 +43,23 @@ def evaluate(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, s
         if on_batch is not None:
             on_batch(ep.tasks)
     return torch.cat(accs)
+
+
+def cluster_own(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, k: int,
+                batch: int = 50) -> torch.Tensor:
+    """The algorithm's own cluster ids ``[E, N*(K+Q)]`` (:meth:`~metabench.contracts.Algorithm.cluster`) of
+    the unlabeled images of the episodes ``indices`` ``[E, N, K+Q]``, class-major as in :func:`embed_tasks`."""
+    out = []
+    for chunk in indices.split(batch):
+        e, m = chunk.shape[0], chunk.shape[1] * chunk.shape[2]
+        ids = algorithm.cluster(to_float(split.images[chunk.reshape(e, m)]), k)
+        if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (e, m) or ids.dtype != torch.int64:
+            got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise PluginError(f"{algorithm.name}: cluster() must return int64 cluster ids [{e}, {m}], got {got}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+            raise PluginError(f"{algorithm.name}: cluster() returned ids outside 0..{k - 1}")
+        out.append(ids.cpu())
+    return torch.cat(out)
 
 
 def embed_tasks(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, batch: int = 50) -> torch.Tensor:

@@ -3,7 +3,7 @@ resumes at its last checkpoint instead of step 0, and finishes with the numbers 
 would have given.
 
 A checkpoint holds the step reached, the losses so far, the meta-training tasks and seconds so far, the
-algorithm's state (:func:`algorithm_state`), the episode generator's state and torch's global RNG
+algorithm's state (:meth:`metabench.Algorithm.state_dict`), the episode generator's state and torch's global RNG
 states. It lives in ``<suite results>/.checkpoints/<run id>.pt``, is written atomically, read with
 ``weights_only=True``, used only by a run with the same configuration and the same code
 (:func:`code_fingerprint`), and deleted once the run's ``ok`` record is written.
@@ -19,10 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
-
 from metabench.atomic import write_atomic
 
 FORMAT = 1
@@ -38,15 +34,18 @@ def _source_digest(files: tuple[str, ...]) -> str:
 
 
 def code_fingerprint(*plugin_classes: type) -> str:
-    """A digest of the Python source of metabench, the built-in plugins and the modules of
-    ``plugin_classes``: a checkpoint resumes only under the code that wrote it (documentation edits,
-    suites and data do not count)."""
-    import metabench
-    import metabench_plugins
-
+    """A digest of the Python source of metabench and of the top-level package of each of
+    ``plugin_classes`` (the file itself for a plugin module outside a package): a checkpoint resumes only
+    under the code that wrote it (documentation edits, suites and data do not count)."""
     files = set()
-    for pkg in (metabench, metabench_plugins):
-        files.update(str(p) for p in Path(pkg.__file__).resolve().parent.rglob("*.py"))
+    for module in {"metabench", *(cls.__module__.split(".")[0] for cls in plugin_classes)}:
+        top = sys.modules.get(module)
+        where = getattr(top, "__file__", None)
+        if where is None:
+            continue
+        where = Path(where).resolve()
+        files.update(str(p) for p in where.parent.rglob("*.py")) if where.name == "__init__.py" \
+            else files.add(str(where))
     for cls in plugin_classes:
         with contextlib.suppress(TypeError, OSError):
             files.add(str(Path(inspect.getsourcefile(cls)).resolve()))
@@ -56,49 +55,6 @@ def code_fingerprint(*plugin_classes: type) -> str:
 def checkpoint_path(out_dir: Path, run_id: str) -> Path:
     """Where the checkpoint of run ``run_id`` of the suite whose records are in ``out_dir`` lives."""
     return out_dir / ".checkpoints" / f"{run_id}.pt"
-
-
-def _tensor_dict(v: Any) -> bool:
-    return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
-
-
-def algorithm_state(alg: Any) -> dict[str, Any]:
-    """The training state found in ``alg``'s attributes: modules, optimisers and schedulers (their
-    ``state_dict``), torch generators (their state), tensors and dicts of tensors (copies), and plain
-    numbers, strings, booleans and ``None``. Other attributes are taken to be set up by ``setup`` alone."""
-    out: dict[str, Any] = {}
-    for name, v in vars(alg).items():
-        if isinstance(v, (nn.Module, Optimizer, LRScheduler)):
-            out[name] = v.state_dict()
-        elif isinstance(v, torch.Generator):
-            out[name] = v.get_state()
-        elif isinstance(v, torch.Tensor):
-            out[name] = v.detach().clone()
-        elif _tensor_dict(v):
-            out[name] = {k: t.detach().clone() for k, t in v.items()}
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            out[name] = v
-    return out
-
-
-def load_algorithm_state(alg: Any, state: dict[str, Any]) -> None:
-    """Put ``state`` (from :func:`algorithm_state`) back into a freshly set-up ``alg``, in place: tensors
-    are copied into the existing ones, so optimisers and parameter dicts keep pointing at them."""
-    for name, s in state.items():
-        v = getattr(alg, name, None)
-        if isinstance(v, (nn.Module, Optimizer, LRScheduler)):
-            v.load_state_dict(s)
-        elif isinstance(v, torch.Generator):
-            v.set_state(s)
-        elif isinstance(v, torch.Tensor):
-            with torch.no_grad():
-                v.copy_(s)
-        elif _tensor_dict(v):
-            with torch.no_grad():
-                for k, t in v.items():
-                    t.copy_(s[k])
-        else:
-            setattr(alg, name, s)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

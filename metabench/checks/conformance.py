@@ -1,7 +1,8 @@
 """``metabench check-plugin``: a conformance battery for one plugin, before it goes on a leaderboard.
 
 Every plugin: found through its hook, honours the contract of its kind (subclass, ``name``, ``defaults``,
-no abstract method left), its class pickles by reference, and a smoke run of a tiny suite on ``digits``
+no abstract method left), its class pickles by reference, and a smoke run of a tiny suite with reference
+partners (the plugins that declare ``smoke_partner``: a small dataset, a task generator, an algorithm)
 ends with an ``ok`` record; by default that run happens in a fresh worker process through the ``process``
 executor, which is how ``process`` and ``ray`` runs find the plugin. Then, by kind:
 
@@ -32,8 +33,11 @@ import torch
 
 from metabench.contracts import (KINDS, Budget, DataContext, DatasetNotFoundError, EpisodeBatch, ImageSet,
                                  LabeledSplit, RunContext, UnlabeledSplit)
-from metabench.episodes import EpisodeSampler
-from metabench.registry import HOOKS, PluginInfo, Registry, UnknownPluginError, discover
+from metabench.toolkit.episodes import EpisodeSampler
+from metabench.engine.registry import HOOKS, PluginInfo, Registry, UnknownPluginError, discover
+from metabench.engine.runner import Settings, SuiteRunner
+from metabench.engine.suite import parse_suite
+from metabench.execution.executors import LocalExecutor, ProcessExecutor, run_suite
 from metabench.seeding import derive_seed, make_generator
 
 WAYS, SHOTS, QUERIES, TASKS = 5, 1, 3, 2  # the shape of every task the battery asks for
@@ -95,9 +99,25 @@ def _same_batch(a: EpisodeBatch, b: EpisodeBatch) -> bool:
                                                                   "query_y"))
 
 
-def _digits(registry: Registry, data_root: Path, cache_dir: Path) -> ImageSet:
-    info = registry.get("dataset", "digits")
-    return info.cls().load(DataContext(data_root, cache_dir, info.cls.resolve_options({})))
+def partner(registry: Registry, kind: str, needs_tasks: bool | None = None) -> tuple[str, dict[str, Any]]:
+    """The reference partner of ``kind`` (the first by name whose class declares ``smoke_partner``) and
+    its options; a task generator partner gives tasks; ``needs_tasks`` picks an algorithm partner that
+    does (True) or does not (False) learn from tasks."""
+    for name, info in sorted(registry.plugins[kind].items()):
+        opts = vars(info.cls).get("smoke_partner")
+        if opts is None or (kind == "task_generator" and not info.cls.gives_tasks) \
+                or (needs_tasks is not None and info.cls.needs_tasks != needs_tasks):
+            continue
+        return name, dict(opts)
+    want = "" if needs_tasks is None else (" that learns from tasks" if needs_tasks else " that needs no tasks")
+    raise Problem(f"no installed {kind.replace('_', ' ')}{want} declares `smoke_partner`, so there is nothing "
+                  "to check this plugin with (the built-in plugins declare some: is metabench installed?)")
+
+
+def _reference_data(registry: Registry, data_root: Path, cache_dir: Path) -> ImageSet:
+    name, opts = partner(registry, "dataset")
+    info, resolved = registry.resolve("dataset", name, opts)
+    return info.cls().load(DataContext(data_root, cache_dir, resolved))
 
 
 def _context(seed: int, image_shape: tuple[int, int, int], options: dict[str, Any], cache_dir: Path,
@@ -154,19 +174,18 @@ def _check_pickle(b: _Battery, cls: type, instance: Any) -> None:
     b.run("picklable", picklable)
 
 
-def smoke_suite(kind: str, name: str, options: dict[str, Any], no_tasks: bool = False) -> dict[str, Any]:
-    """The tiny suite (as TOML data) that smoke-runs plugin ``name`` of ``kind`` on ``digits``."""
-    grid = {"dataset": "digits", "task_generator": "oracle", "algorithm": "protonet"}
-    grid[kind] = name
-    if no_tasks and kind == "task_generator":
-        grid["algorithm"] = "embed_knn"
-    opts: dict[str, dict[str, Any]] = {}
-    if grid["algorithm"] == "protonet":
-        opts["protonet"] = {"hidden": 8}
-    if grid["algorithm"] == "embed_knn":
-        opts["embed_knn"] = {"embedding": "pixels"}
+def smoke_suite(registry: Registry, kind: str, name: str, options: dict[str, Any],
+                no_tasks: bool = False) -> dict[str, Any]:
+    """The tiny suite (as TOML data) that smoke-runs plugin ``name`` of ``kind`` with the reference
+    partners of the other kinds (an algorithm that needs no tasks beside a generator that gives none)."""
+    grid, opts = {kind: name}, {}
+    for other in KINDS:
+        if other != kind:
+            grid[other], partner_opts = partner(registry, other, not no_tasks if other == "algorithm" else None)
+            if partner_opts:
+                opts[grid[other]] = partner_opts
     if options:
-        opts[name] = {**opts.get(name, {}), **options}
+        opts[name] = dict(options)
     return {"name": f"check-{name}", "datasets": [grid["dataset"]], "task_generators": [grid["task_generator"]],
             "algorithms": [grid["algorithm"]], "seeds": [0],
             "protocols": [{"ways": WAYS, "shots": SHOTS, "queries": QUERIES}],
@@ -178,22 +197,19 @@ def smoke_suite(kind: str, name: str, options: dict[str, Any], no_tasks: bool = 
 def _check_smoke(b: _Battery, info: PluginInfo, registry: Registry, options: dict[str, Any],
                  plugins_dirs: Sequence[Path], data_root: Path, cache_dir: Path, isolated: bool,
                  no_tasks: bool) -> None:
-    from metabench.executors import LocalExecutor, ProcessExecutor
-    from metabench.runner import Settings, SuiteRunner
-    from metabench.suite import parse_suite
 
     def smoke(note: list[str]) -> None:
-        suite = parse_suite(smoke_suite(info.kind, info.name, options, no_tasks), f"check-{info.name}")
+        suite = parse_suite(smoke_suite(registry, info.kind, info.name, options, no_tasks), f"check-{info.name}")
         with tempfile.TemporaryDirectory(prefix="metabench-check-") as tmp:
             settings = Settings(Path(tmp), data_root, cache_dir)
             executor = (ProcessExecutor(1, threads=torch.get_num_threads(), plugins_dirs=plugins_dirs)
                         if isolated else LocalExecutor())
-            (outcome,) = SuiteRunner(suite, registry, settings).run_all(executor=executor)
+            (outcome,) = run_suite(SuiteRunner(suite, registry, settings), executor)
         rec = outcome.record or {}
         if outcome.status != "ok":
             if "DatasetNotFoundError" in str(outcome.error):
                 raise _Skip(f"dataset files absent: {outcome.error}")
-            raise Problem(f"the tiny digits suite failed in {rec.get('failed_plugin')}: {outcome.error}")
+            raise Problem(f"the tiny smoke suite failed in {rec.get('failed_plugin')}: {outcome.error}")
         m = rec["metrics"]
         note.append(f"{outcome.run_id}: accuracy {100 * m['accuracy_mean']:.1f}% on {m['test_episodes']} "
                     f"episodes" + (" in a fresh worker process" if isolated else ""))
@@ -273,7 +289,7 @@ def _check_generator(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
     cls = info.cls
     train = digits.split("train")
     shape = digits.image_shape
-    no_tasks = getattr(cls, "gives_tasks", True) is False
+    no_tasks = not cls.gives_tasks
 
     def label_access(what: str, exc: AttributeError) -> None:
         if not cls.uses_labels and "label" in str(exc):
@@ -441,8 +457,23 @@ def _check_algorithm(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
                  "ignores budget.start")
         note.append("stopped after step 1 and resumed from its state_dict: bit-identical to an unbroken run")
 
+    def cluster(note: list[str]) -> None:
+        if not cls.has_own_clustering():
+            raise _Skip("no own clustering (cluster() not overridden): scored by k-means on embed() only")
+        alg = run[0]
+        x = torch.cat([probe.support_x, probe.query_x], 1)                  # [3, N*(K+Q), C, H, W]
+        ids = alg.cluster(x, WAYS)
+        want = tuple(x.shape[:2])
+        _require(isinstance(ids, torch.Tensor) and tuple(ids.shape) == want and ids.dtype == torch.int64,
+                 f"cluster() must return int64 cluster ids {want}, got "
+                 f"{f'{ids.dtype} {tuple(ids.shape)}' if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+        _require(int(ids.min()) >= 0 and int(ids.max()) < WAYS, f"cluster() ids must lie in 0..{WAYS - 1}")
+        _require(torch.equal(ids, alg.cluster(x, WAYS)), "cluster() gave other ids for the same images")
+        note.append(f"cluster ids {want}, deterministic")
+
     b.run("predict", predict, needs=["meta_train"])
     b.run("embed", embed, needs=["meta_train"])
+    b.run("cluster", cluster, needs=["meta_train"])
     b.run("deterministic", deterministic, needs=["predict", "embed"])
     b.run("resumable", resumable, needs=["deterministic"])
     return run[0] if run else alg
@@ -469,7 +500,7 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
     ``options``: the plugin's options for the checks and the smoke run (e.g. a smaller model).
     ``isolated``: smoke-run in a fresh worker process (as the ``process`` and ``ray`` executors do).
     """
-    from metabench.paths import default_cache_dir, default_data_root
+    from metabench.engine.paths import default_cache_dir, default_data_root
 
     data_root = Path(data_root or default_data_root())
     cache_dir = Path(cache_dir or default_cache_dir())
@@ -498,7 +529,7 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
         if info.kind == "dataset":
             instance = _check_dataset(b, info, opts, data_root, cache_dir)
         else:
-            digits = _digits(registry, data_root, cache_dir)
+            digits = _reference_data(registry, data_root, cache_dir)
             if info.kind == "task_generator":
                 instance, no_tasks = _check_generator(b, info, opts, digits, cache_dir)
             else:

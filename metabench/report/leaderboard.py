@@ -1,0 +1,29 @@
+"""Writes every leaderboard file from the records; pure functions of the records: the same records always
+give the same bytes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metabench.report.html import render_html
+from metabench.report.markdown import render_markdown
+from metabench.report.reproduction import render_reproduction, resolve_claims
+from metabench.report.summary import summarize
+
+
+def write_leaderboard(records: list[dict[str, Any]], out_dir: Path, registry: Any = None) -> list[Path]:
+    """Write ``README.md``, ``leaderboard.csv``, ``index.html`` (the same tables with plots, self-contained)
+    and ``REPRODUCTION.md`` (the plugins' published numbers beside ours; ``registry`` gives the plugins, None
+    discovers the installed ones) into ``out_dir``; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = sorted(records, key=lambda r: r["run_id"])
+    df = summarize(records)
+    failed = [r for r in records if r["status"] == "failed"]
+    md_path, csv_path = out_dir / "README.md", out_dir / "leaderboard.csv"
+    md_path.write_text(render_markdown(df, failed, len(records)), encoding="utf-8")
+    df.to_csv(csv_path, index=False, float_format="%.6f", lineterminator="\n")
+    html_path = out_dir / "index.html"
+    html_path.write_text(render_html(df, failed, len(records)), encoding="utf-8")
+    repro_path = out_dir / "REPRODUCTION.md"
+    repro_path.write_text(render_reproduction(df, resolve_claims(registry), len(records)), encoding="utf-8")
+    return [md_path, csv_path, html_path, repro_path]
