@@ -13,8 +13,8 @@ from tests.helpers import write_suite
 SUITE = """
     name = "{name}"
     datasets = ["digits"]
-    task_generators = ["oracle", "umtra", "cactus", "rotation", "unlabeled"]
-    algorithms = ["protonet", "ssl_protonet", "embed_knn", "embed_linear"]
+    task_generators = ["oracle", "umtra", "cactus", "rotation", "jigsaw", "unlabeled"]
+    algorithms = ["protonet", "ssl_protonet", "embed_knn", "embed_linear", "psco", "meta_gmvae"]
     [[protocols]]
     ways = 4
     shots = 1
@@ -36,14 +36,31 @@ SUITE = """
     clusters = 12
     [options.embed_linear]
     steps = 20
+    [options.psco]
+    pretrain_steps = 3
+    batch = 24
+    queue_size = 64
+    mlp_hidden = 32
+    hidden = 8
+    [options.meta_gmvae]
+    train_steps = 2
+    images_per_task = 30
+    hidden = 16
+    latent = 8
+    [budget.psco]
+    steps = 0
+    meta_batch = 1
+    [budget.meta_gmvae]
+    steps = 0
+    meta_batch = 1
     [[exclude]]
     task_generator = "unlabeled"
     algorithm = ["protonet", "ssl_protonet"]
     [[exclude]]
-    task_generator = ["oracle", "umtra", "cactus", "rotation"]
-    algorithm = ["embed_knn", "embed_linear"]
+    task_generator = ["oracle", "umtra", "cactus", "rotation", "jigsaw"]
+    algorithm = ["embed_knn", "embed_linear", "psco", "meta_gmvae"]
     [[exclude]]
-    task_generator = ["oracle", "rotation"]
+    task_generator = ["oracle", "rotation", "jigsaw"]
     algorithm = "ssl_protonet"
 """
 
@@ -60,7 +77,8 @@ def test_permuting_training_labels_changes_only_the_oracle(tmp_path, cache_dir, 
     plain = _run(tmp_path, cache_dir, "plain")
     assert set(plain) == {("oracle", "protonet"), ("umtra", "protonet"), ("cactus", "protonet"),
                           ("rotation", "protonet"), ("umtra", "ssl_protonet"), ("cactus", "ssl_protonet"),
-                          ("unlabeled", "embed_knn"), ("unlabeled", "embed_linear")}
+                          ("jigsaw", "protonet"), ("unlabeled", "embed_knn"), ("unlabeled", "embed_linear"),
+                          ("unlabeled", "psco"), ("unlabeled", "meta_gmvae")}
     original = Digits.load
 
     def permuted(self, ctx):
