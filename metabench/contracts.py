@@ -221,6 +221,14 @@ class Dataset(_Plugin, ABC):
     def load(self, ctx: DataContext) -> ImageSet:
         """Decode (or read from ``ctx.cache_dir``) and return the whole dataset."""
 
+    def prepare_image(self, image: "PIL.Image.Image", options: dict[str, Any]) -> torch.Tensor:
+        """Optional: one external image (e.g. a file of an episode to score a trained model on) -> uint8
+        ``[C, H, W]``, prepared exactly as :meth:`load` prepares the dataset's own images (same decoding,
+        resizing, inversion, channel layout), under the resolved ``options``. The default raises
+        :class:`PluginError`: the plugin cannot prepare external images."""
+        raise PluginError(f"dataset {self.name!r}: this dataset plugin cannot prepare external images "
+                          f"(it does not implement prepare_image)")
+
 
 class TaskGenerator(_Plugin, ABC):
     """Turns the meta-training split into a stream of meta-batches of tasks.
@@ -266,6 +274,9 @@ class Algorithm(_Plugin, ABC):
     #: ``False`` for an algorithm that learns from ``ctx.unlabeled`` alone and can run with a task generator
     #: that gives no tasks (``gives_tasks = False``).
     needs_tasks: ClassVar[bool] = True
+    #: ``True`` for an algorithm whose model is sized by the way count (MAML's N-way head): a suite protocol
+    #: that trains once and tests several protocols trains it once per test way count instead.
+    trains_per_way: ClassVar[bool] = False
 
     def state_dict(self) -> dict[str, Any]:
         """The training state to checkpoint (a dict of tensors, numbers, strings, lists and dicts)."""

@@ -5,7 +5,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from metabench.engine.records import SCHEMA_VERSION, read_record
+from metabench.engine.records import SCHEMA_VERSION, migrate, read_record
 
 
 def write_suite(path: Path, body: str) -> Path:
@@ -113,13 +113,24 @@ def metrics_by_identity(folder: Path) -> dict[tuple, dict]:
     for p in sorted(folder.glob("*.json")):
         rec = read_record(p)
         c = rec["config"]
-        out[(c["dataset"], c["task_generator"], c["algorithm"], c["seed"])] = rec["metrics"]
+        out[(c["dataset"], c["task_generator"], c["algorithm"], c["seed"])] = scores(rec)
     return out
 
 
+def scores(record: dict) -> list[dict]:
+    """The numbers of a record's evaluations (their metrics; timings left out), for equality checks."""
+    return [e["metrics"] for e in record["evaluations"]]
+
+
 def make_record(run_id="r1", alg="protonet", seed=0, acc=0.9, ci=0.01, ways=5, shots=1, rate=10.0):
+    """A current (v3) ok record with one evaluation: :func:`make_v2_record` migrated."""
+    return migrate(make_v2_record(run_id, alg, seed, acc, ci, ways, shots, rate))
+
+
+def make_v2_record(run_id="r1", alg="protonet", seed=0, acc=0.9, ci=0.01, ways=5, shots=1, rate=10.0):
+    """An ok record in schema version 2 (metrics at the top, one test protocol), as committed results are."""
     return {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "ok",
+        "schema_version": 2, "run_id": run_id, "status": "ok",
         "config": {"suite": "s", "dataset": "omniglot", "task_generator": "oracle", "algorithm": alg,
                    "ways": ways, "shots": shots, "queries": 15, "train_ways": ways, "train_shots": shots,
                    "train_queries": 15, "seed": seed,

@@ -28,7 +28,7 @@ def record(alg: str, seed: int, counts: list[int], options: dict | None = None, 
     acc = np.asarray(counts) / QUERIES
     r["config"].update(task_generator=gen, suite=suite, options=options or {alg: {"lr": 0.001}})
     r["config"]["budget"]["test_episodes"] = len(counts)
-    r["metrics"].update(accuracy_mean=float(acc.mean()),
+    r["evaluations"][0]["metrics"].update(accuracy_mean=float(acc.mean()),
                         accuracy_ci95=float(1.96 * acc.std(ddof=1) / np.sqrt(len(acc))),
                         test_episodes=len(counts), episode_correct=list(counts), episode_queries=QUERIES)
     return r
@@ -92,7 +92,7 @@ def test_option_change_of_one_plugin_is_reported_and_untouched_runs_are_ties(tmp
     for p in proto:
         seed = p["identity"]["seed"]
         old = [r for r in base if r["config"]["algorithm"] == "protonet" and r["config"]["seed"] == seed][0]
-        c = np.asarray(old["metrics"]["episode_correct"])
+        c = np.asarray(old["evaluations"][0]["metrics"]["episode_correct"])
         assert p["effect"] == pytest.approx(100 * (np.asarray(shifted(c.tolist(), 2, 3)) - c).mean() / QUERIES)
         assert p["effect"] > 1.0 and p["p"] < 1e-10 and p["train_ratio"] == pytest.approx(2.5)
         assert p["ci95"][0] < p["effect"] < p["ci95"][1]

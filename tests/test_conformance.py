@@ -180,4 +180,4 @@ def test_a_new_plugin_installed_from_outside_passes_and_runs(tmp_path, cache_dir
     assert ran.returncode == 0, ran.stderr
     (rec,) = [read_record(p) for p in (tmp_path / "r" / "outsider").glob("*.json")]
     assert rec["status"] == "ok" and rec["config"]["algorithm"] == "outsider"
-    assert rec["metrics"]["accuracy_mean"] > 0.4  # pixel prototypes beat chance (20%) on digits
+    assert rec["evaluations"][0]["metrics"]["accuracy_mean"] > 0.4  # pixel prototypes beat chance (20%) on digits

@@ -148,6 +148,31 @@ def test_omniglot_matches_pil_pipeline(omni, data_root):
     assert torch.equal(got, torch.from_numpy(want.copy()))
 
 
+def test_omniglot_prepare_image_matches_cached(omni, data_root):
+    """A source PNG (first drawing of each split's first unrotated class) through prepare_image equals the
+    decoded, cached drawing."""
+    sources = omniglot.find_sources(data_root)
+    lines = [ln for part in ("train", "val", "test")
+             for ln in (data_root / f"splits/omniglot/vinyals/{part}.txt").read_text().split()]
+    for part in ("train", "val", "test"):
+        first = (data_root / f"splits/omniglot/vinyals/{part}.txt").read_text().split()
+        line = next(ln for ln in first if ln.endswith("rot000"))
+        alphabet, character, _ = line.split("/")
+        (png,) = [b for b in (_first_drawing(src, s, alphabet, character) for s, src in sources.items())
+                  if b is not None]
+        with Image.open(io.BytesIO(png)) as im:
+            got = Omniglot().prepare_image(im, Omniglot.resolve_options({}))
+        assert got.dtype == torch.uint8 and got.shape == (1, 28, 28)
+        assert torch.equal(got, omni.images[omni.labels == _class_of(lines, line)][0])
+
+
+def _png_roundtrip(image: torch.Tensor) -> Image.Image:
+    """uint8 ``[1, H, W]`` -> a mode-L PNG file's bytes -> the opened PIL image."""
+    buf = io.BytesIO()
+    Image.fromarray(image[0].numpy()).save(buf, format="PNG")
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
 def test_omniglot_cached_load_fast_and_equal(omniglot_loads):
     (first, second), (t_first, t_second) = omniglot_loads
     print(f"omniglot: first load {t_first:.2f}s, cached load {t_second:.3f}s")
@@ -275,6 +300,21 @@ def test_mnist_corrupt_cache_is_rebuilt(mnist_set, data_root, tmp_path):
         MNIST().load(ctx)  # the rebuilt entry is valid again
 
 
+def test_mnist_prepare_image_roundtrips(mnist_set):
+    """PNGs written from MNIST images (train and test) come back bit-exactly; another size is refused."""
+    idx = torch.cat([torch.arange(0, 60000, 997), torch.arange(60000, 70000, 331), torch.tensor([69999])])
+    for i in idx.tolist():
+        assert torch.equal(MNIST().prepare_image(_png_roundtrip(mnist_set.images[i]), {}), mnist_set.images[i])
+    with pytest.raises(PluginError, match="28x28"):
+        MNIST().prepare_image(Image.new("L", (32, 28)), {})
+
+
+def test_mnist_prepare_image_without_data():
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 28, 28), dtype=np.uint8))
+    got = MNIST().prepare_image(_png_roundtrip(x), {})
+    assert got.dtype == torch.uint8 and torch.equal(got, x)
+
+
 # ------------------------------------------------------------------------------------------- digits
 
 
@@ -295,6 +335,22 @@ def test_digits_without_data_root(tmp_path):
     again = Digits().load(ctx)
     assert all(torch.equal(s.splits[k], again.splits[k]) for k in s.splits)
     assert not (tmp_path / "no-such-root").exists() and not (tmp_path / "no-cache").exists()
+
+
+def test_digits_prepare_image_roundtrips(tmp_path):
+    """Every digit written as a PNG comes back identical; other greys snap to the nearest of 17 levels."""
+    s = Digits().load(DataContext(tmp_path, tmp_path))
+    for x in s.images:
+        assert torch.equal(Digits().prepare_image(_png_roundtrip(x), {}), x)
+    levels = digits.to_uint8(torch.arange(17))
+    grey = torch.arange(256, dtype=torch.uint8).view(4, 8, 8)
+    for g in grey:
+        got = Digits().prepare_image(_png_roundtrip(g.unsqueeze(0)), {})[0]
+        assert torch.isin(got, levels).all()
+        dist = (g.view(-1, 1).int() - levels.view(1, -1).int()).abs()
+        assert torch.equal((got.view(-1).int() - g.view(-1).int()).abs(), dist.min(1).values)
+    with pytest.raises(PluginError, match="8x8"):
+        Digits().prepare_image(Image.new("L", (28, 28)), {})
 
 
 # ---------------------------------------------------------------------------------------- datacache

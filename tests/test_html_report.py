@@ -32,7 +32,7 @@ def rec(alg, gen, acc, seed=0, dataset="omniglot", ways=5, shots=1, rate=10.0, n
     if rate is None:
         r["speed"]["meta_train_tasks_per_s"] = None
     if nmi:
-        r["metrics"].update(CLUSTER)
+        r["evaluations"][0]["metrics"].update(CLUSTER)
     return r
 
 
@@ -46,7 +46,7 @@ def records() -> list[dict]:
             rec("protonet", "umtra", 0.80, dataset="mnist", ways=10, nmi=True)]
     failed = copy.deepcopy(recs[2])
     failed.update(run_id="zz-failed", status="failed", error="PluginError: maml: <b>boom</b>\nmore",
-                  failed_plugin="algorithm:maml", metrics={})
+                  failed_plugin="algorithm:maml", evaluations=[])
     return recs + [failed]
 
 
@@ -146,7 +146,7 @@ def open_page(driver, path: Path) -> dict:
         return {
           errors: window.__errors,
           resources: performance.getEntriesByType('resource').map(e => e.name),
-          sections: Array.from(document.querySelectorAll('section.protocol')).map(s => ({
+          sections: Array.from(document.querySelectorAll('section.paper, section.protocol')).map(s => ({
               title: s.querySelector('h2').textContent.trim(),
               rows: Array.from(s.querySelectorAll('table tr')).map(cells)})),
           plots: Object.fromEntries(Array.from(document.querySelectorAll('div.plot')).map(
@@ -190,7 +190,9 @@ def test_page_renders_in_headless_chromium(browser, tmp_path):
     info = open_page(browser, out / "index.html")
     assert_clean(info)
     assert_same_tables_as_markdown(info, (out / "README.md").read_text())
-    assert [len(s["rows"]) - 1 for s in info["sections"]] == [2, 5, 1]      # mnist 10w, omniglot 5w1s, 5w5s
+    # paper tables (mnist, omniglot), then per protocol: mnist 10w, omniglot 5w1s, 5w5s
+    assert [len(s["rows"]) - 1 for s in info["sections"]] == [2, 5, 2, 5, 1]
+    assert info["sections"][1]["rows"][0][3:] == ["5-way 1-shot", "5-way 5-shot"]
     assert {k: v["data"] for k, v in info["plots"].items()} == EXPECTED_TRACES
     assert all(v["full"] == v["data"] == v["drawn"] for v in info["plots"].values()), info["plots"]
     assert info["rank"] == EXPECTED_RANKS

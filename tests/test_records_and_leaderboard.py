@@ -21,7 +21,7 @@ def test_write_is_atomic_and_round_trips(tmp_path):
 
 def test_an_invalid_record_is_never_written(tmp_path):
     bad = make_record()
-    del bad["metrics"]["accuracy_mean"]
+    del bad["evaluations"][0]["metrics"]["accuracy_mean"]
     with pytest.raises(RecordError, match="accuracy_mean"):
         write_record(tmp_path / "r.json", bad)
     assert not list(tmp_path.iterdir())
@@ -61,7 +61,7 @@ def test_leaderboard_is_byte_identical_and_survives_a_corruptmake_record(tmp_pat
                                                  acc=acc))
     failed = copy.deepcopy(make_record("rf", alg="broken"))
     failed.update(status="failed", error="PluginError: broken: bad shape", failed_plugin="algorithm:broken",
-                  metrics={})
+                  evaluations=[])
     write_record(res / "rf.json", failed)
     (res / "zz_corrupt.json").write_text('{"schema_version": 1, "run_id": ')
     outs = []

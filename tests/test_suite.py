@@ -55,9 +55,9 @@ def test_seeds_depend_on_identity_not_on_options():
     b = parse_suite(_data(options={"protonet": {"hidden": 32}}), "x").runs()[0]
     c = parse_suite(_data(seeds=[1]), "x").runs()[0]
     assert a.run_seed == b.run_seed and a.run_id != b.run_id   # options change the record, not the init
-    assert a.run_seed != c.run_seed and a.test_seed != c.test_seed
+    assert a.run_seed != c.run_seed and a.test_seed() != c.test_seed()
     d = parse_suite(_data(algorithms=["other"], options={}), "x").runs()[0]
-    assert d.test_seed == a.test_seed and d.run_seed != a.run_seed  # same test episodes for every algorithm
+    assert d.test_seed() == a.test_seed() and d.run_seed != a.run_seed  # same test episodes for every algorithm
 
 
 def test_variants_overrides_and_exclusions():

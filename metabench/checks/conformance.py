@@ -210,7 +210,7 @@ def _check_smoke(b: _Battery, info: PluginInfo, registry: Registry, options: dic
             if "DatasetNotFoundError" in str(outcome.error):
                 raise _Skip(f"dataset files absent: {outcome.error}")
             raise Problem(f"the tiny smoke suite failed in {rec.get('failed_plugin')}: {outcome.error}")
-        m = rec["metrics"]
+        m = rec["evaluations"][0]["metrics"]
         note.append(f"{outcome.run_id}: accuracy {100 * m['accuracy_mean']:.1f}% on {m['test_episodes']} "
                     f"episodes" + (" in a fresh worker process" if isolated else ""))
 

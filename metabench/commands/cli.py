@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metabench.commands import bench, check_plugin, compare, leaderboard, list_plugins, new_plugin, run
+from metabench.commands import (bench, check_plugin, compare, evaluate, leaderboard, list_plugins, new_plugin,
+                                run)
 
-COMMANDS = (list_plugins, run, leaderboard, compare, check_plugin, new_plugin, bench)
+COMMANDS = (list_plugins, run, leaderboard, compare, evaluate, check_plugin, new_plugin, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

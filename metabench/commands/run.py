@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> int:
     reg = registry(args)
     settings = Settings(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                         cache_dir=Path(args.cache_dir or default_cache_dir()), device=device(args.device),
-                        force=args.force,
+                        force=args.force, save_models=args.save_models,
                         checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every)
     from metabench.execution.executors import ExecutorError, make_executor, run_suite, sigterm_exits
 
@@ -36,14 +36,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
     runner = SuiteRunner(suite, reg, settings)
-    runs = suite.runs(tuple(args.only or ()))
+    runs = runner.runs(tuple(args.only or ()))
     print(f"metabench: suite {suite.name!r}: {len(runs)} run(s) on {settings.device} ({executor.name} "
           f"executor), records in {runner.out_dir}", file=sys.stderr)
 
     def report(o) -> None:
         if o.status == "ok":
-            m = o.record["metrics"]
-            msg = f"ok      {100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_ci95']:.2f}%"
+            msg = "ok      " + ", ".join(
+                f"{e['ways']}w{e['shots']}s {100 * e['metrics']['accuracy_mean']:.2f} ± "
+                f"{100 * e['metrics']['accuracy_ci95']:.2f}%" for e in o.record["evaluations"])
         else:
             msg = (f"skipped ({o.error})" if o.error else "skipped") if o.status == "skipped" \
                 else f"FAILED  {o.error} [{o.record.get('failed_plugin') if o.record else None}]"
@@ -79,6 +80,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                          "~/.cache/metabench)")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     run.add_argument("--force", action="store_true", help="re-run runs whose records exist")
+    run.add_argument("--save-models", action="store_true",
+                     help="keep each run's trained model beside its record (<run id>.model.pt), for "
+                          "metabench evaluate")
     run.add_argument("--only", action="append", metavar="PATTERN",
                      help="run only the runs whose id matches this shell pattern (repeatable)")
     run.add_argument("--executor", choices=["local", "process", "ray"], default="local",

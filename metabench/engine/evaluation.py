@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from metabench.contracts import Algorithm, LabeledSplit, PluginError
+from metabench.contracts import Algorithm, EpisodeBatch, LabeledSplit, PluginError
+from metabench.engine.episode_sets import stack_episodes
 from metabench.toolkit.episodes import EpisodeSampler, batch_from_indices, to_float
 from metabench.seeding import make_generator
 
@@ -32,17 +33,33 @@ def evaluate(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, s
     accs = []
     for start in range(0, indices.shape[0], batch):
         ep = batch_from_indices(split.images, indices[start:start + batch], shots)
-        logits = algorithm.predict(ep.support_x, ep.support_y, ep.query_x, ep.ways)
-        want = (ep.tasks, ep.query_y.shape[1], ep.ways)
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise PluginError(f"{algorithm.name}: predict() must return logits of shape {want}, got {got}")
-        if not torch.isfinite(logits).all():
-            raise PluginError(f"{algorithm.name}: predict() returned non-finite logits")
-        accs.append((logits.argmax(-1) == ep.query_y).double().mean(1).cpu())
+        accs.append(_accuracy(algorithm, ep))
         if on_batch is not None:
             on_batch(ep.tasks)
     return torch.cat(accs)
+
+
+def _accuracy(algorithm: Algorithm, ep: EpisodeBatch) -> torch.Tensor:
+    """Per-task query accuracy ``[T]`` (CPU, float64) of ``algorithm.predict`` on ``ep``, its output checked."""
+    logits = algorithm.predict(ep.support_x, ep.support_y, ep.query_x, ep.ways)
+    want = (ep.tasks, ep.query_y.shape[1], ep.ways)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PluginError(f"{algorithm.name}: predict() must return logits of shape {want}, got {got}")
+    if not torch.isfinite(logits).all():
+        raise PluginError(f"{algorithm.name}: predict() returned non-finite logits")
+    return (logits.argmax(-1) == ep.query_y).double().mean(1).cpu()
+
+
+def evaluate_episodes(algorithm: Algorithm, episodes: list, batch: int = 50,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-episode query accuracy ``[E]`` of ``algorithm`` on a given episode set
+    (:func:`metabench.engine.episode_sets.load_episodes`), in the set's order; episodes of one shape are
+    predicted ``batch`` at a time."""
+    accs = torch.zeros(len(episodes), dtype=torch.float64)
+    for positions, ep in stack_episodes(episodes, batch=batch, device=device):
+        accs[positions] = _accuracy(algorithm, ep)
+    return accs
 
 
 def cluster_own(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, k: int,

@@ -16,16 +16,16 @@ from typing import Any, Callable
 import torch
 
 import metabench
-from metabench.engine import checkpoint, environment, memory
-from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, PluginError, RunContext,
-                                 TaskGenerator)
+from metabench.engine import checkpoint, environment, memory, models
+from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, LabeledSplit, PluginError,
+                                 RunContext, TaskGenerator)
 from metabench.engine.clustering import cluster_tasks, score_tasks
 from metabench.engine.evaluation import cluster_own, embed_tasks, evaluate, fixed_episode_indices, mean_ci95
 from metabench.engine.progress import progress
 from metabench.engine.records import SCHEMA_VERSION
 from metabench.engine.registry import Registry
 from metabench.seeding import derive_seed, make_generator
-from metabench.engine.suite import RunSpec, Suite, plugin_name
+from metabench.engine.suite import RunSpec, Suite, TestShape, plugin_name
 
 
 class RunFailure(Exception):
@@ -46,6 +46,7 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     force: bool = False
     checkpoint_every: float | None = 600.0  # seconds between mid-run checkpoints; 0: every step; None: never
+    save_models: bool = False  # keep each run's trained model beside its record (:mod:`metabench.engine.models`)
 
 
 def _sync(device: torch.device) -> None:
@@ -132,6 +133,16 @@ class SuiteRunner:
         self._datasets: dict[str, ImageSet] = {}
         self.on_stage: Callable[[str], None] | None = None  # told "kind:name" of each plugin stage entered
         environment.git_commit()  # pin the source commit now, before anything can change the tree
+
+    def runs(self, only: tuple[str, ...] | list[str] = ()) -> list[RunSpec]:
+        """The suite's runs (:meth:`Suite.runs`), algorithms that declare ``trains_per_way`` trained once
+        per test way count."""
+        def per_way(alg: str) -> bool:
+            try:
+                return bool(self.registry.get("algorithm", plugin_name(alg)).cls.trains_per_way)
+            except Exception:  # an unknown plugin fails its runs later, with a clear message
+                return False
+        return self.suite.runs(only, trains_per_way=per_way)
 
     def record_path(self, spec: RunSpec) -> Path:
         """Where the record of ``spec`` lives."""
@@ -224,48 +235,68 @@ class SuiteRunner:
             _sync(dev)
             train_s = resume.train_s + time.perf_counter() - t0
 
-        with stage("dataset:" + spec.dataset):
-            indices = fixed_episode_indices(test, p.ways, p.shots, p.queries, b.test_episodes, spec.test_seed)
-        with progress(total=b.test_episodes, desc=f"{desc} eval", unit="task") as bar, \
-                stage(f"algorithm:{spec.algorithm}"):
-            _sync(dev)
-            t0 = time.perf_counter()
-            accs = evaluate(algorithm, test, indices, p.shots, b.eval_batch, on_batch=bar.update)
-            _sync(dev)
-            eval_s = time.perf_counter() - t0
-        mean, ci = mean_ci95(accs)
-        clustering = {}
-        if b.cluster_tasks:
-            with stage(f"algorithm:{spec.algorithm}"):
-                sub = indices[:b.cluster_tasks]
-                feats = embed_tasks(algorithm, test, sub, b.eval_batch)
-            classes = torch.arange(p.ways).repeat_interleave(sub.shape[2]).expand(sub.shape[0], -1)
-            scores = cluster_tasks(feats, classes, p.ways, derive_seed(spec.test_seed, "kmeans"))
-            for j, key in enumerate(("nmi", "ari", "cluster_acc")):
-                clustering[key], clustering[f"{key}_ci95"] = mean_ci95(scores[:, j])
-            clustering["cluster_tasks"] = int(sub.shape[0])
-            if algorithm.has_own_clustering():  # a meta-learned clusterer, scored beside k-means
-                with stage(f"algorithm:{spec.algorithm}"):
-                    own = score_tasks(cluster_own(algorithm, test, sub, p.ways, b.eval_batch), classes)
-                for j, key in enumerate(("own_nmi", "own_ari", "own_cluster_acc")):
-                    clustering[key], clustering[f"{key}_ci95"] = mean_ci95(own[:, j])
+        evaluations = [self._evaluate(spec, t, algorithm, test, stage, desc) for t in p.tests]
+        eval_s = sum(e["speed"]["eval_s"] for e in evaluations)
         config = spec.config()
         config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts}
-        return {
+        saved = {}
+        if self.settings.save_models:
+            with stage(f"algorithm:{spec.algorithm}"):
+                path = models.model_path(self.out_dir, spec.run_id)
+                code = checkpoint.code_fingerprint(ds_info.cls, gen_info.cls, alg_info.cls)
+                digest = models.save_model(path, spec.run_id, config, code, actx, algorithm)
+            saved = {"model": {"file": path.name, "sha256": digest, "code": code}}
+        return {**saved,
             "schema_version": SCHEMA_VERSION,
             "run_id": spec.run_id,
             "status": "ok",
             "config": config,
-            "metrics": {"accuracy_mean": mean, "accuracy_ci95": ci, "test_episodes": int(accs.numel()),
-                        # per-episode correct query counts: paired comparisons of runs on the same episodes
-                        "episode_correct": [round(a * p.ways * p.queries) for a in accs.tolist()],
-                        "episode_queries": p.ways * p.queries,
-                        "final_train_loss": losses[-1] if losses else None, **clustering},
+            "final_train_loss": losses[-1] if losses else None,
+            "evaluations": evaluations,
             "speed": {"meta_train_tasks_per_s": checked["tasks"] / train_s if checked["tasks"] else None,
                       "meta_train_tasks": checked["tasks"],
-                      "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None,
+                      "eval_tasks_per_s": (len(evaluations) * b.test_episodes / eval_s) if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
                       "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev),
                       **({"resumed_from_step": resume.start} if resume.start else {})},
             "environment": environment.describe(dev),
         }
+
+    def _evaluate(self, spec: RunSpec, t: TestShape, algorithm: Any, test: LabeledSplit, stage: _Stage,
+                  desc: str) -> dict[str, Any]:
+        """One evaluation of the trained ``algorithm``: accuracy on the fixed episodes of test protocol ``t``
+        (they depend only on dataset, protocol and seed) and the clustering scores of the first
+        ``cluster_tasks`` of them; the record's ``evaluations`` entry."""
+        b, dev = spec.budget, self.settings.device
+        seed = spec.test_seed(t)
+        with stage("dataset:" + spec.dataset):
+            indices = fixed_episode_indices(test, t.ways, t.shots, t.queries, b.test_episodes, seed)
+        with progress(total=b.test_episodes, desc=f"{desc} eval {t.tag}", unit="task") as bar, \
+                stage(f"algorithm:{spec.algorithm}"):
+            _sync(dev)
+            t0 = time.perf_counter()
+            accs = evaluate(algorithm, test, indices, t.shots, b.eval_batch, on_batch=bar.update)
+            _sync(dev)
+            eval_s = time.perf_counter() - t0
+        mean, ci = mean_ci95(accs)
+        clustering: dict[str, Any] = {}
+        if b.cluster_tasks:
+            with stage(f"algorithm:{spec.algorithm}"):
+                sub = indices[:b.cluster_tasks]
+                feats = embed_tasks(algorithm, test, sub, b.eval_batch)
+            classes = torch.arange(t.ways).repeat_interleave(sub.shape[2]).expand(sub.shape[0], -1)
+            scores = cluster_tasks(feats, classes, t.ways, derive_seed(seed, "kmeans"))
+            for j, key in enumerate(("nmi", "ari", "cluster_acc")):
+                clustering[key], clustering[f"{key}_ci95"] = mean_ci95(scores[:, j])
+            clustering["cluster_tasks"] = int(sub.shape[0])
+            if algorithm.has_own_clustering():  # a meta-learned clusterer, scored beside k-means
+                with stage(f"algorithm:{spec.algorithm}"):
+                    own = score_tasks(cluster_own(algorithm, test, sub, t.ways, b.eval_batch), classes)
+                for j, key in enumerate(("own_nmi", "own_ari", "own_cluster_acc")):
+                    clustering[key], clustering[f"{key}_ci95"] = mean_ci95(own[:, j])
+        return {"ways": t.ways, "shots": t.shots, "queries": t.queries,
+                "metrics": {"accuracy_mean": mean, "accuracy_ci95": ci, "test_episodes": int(accs.numel()),
+                            # per-episode correct query counts: paired comparisons on the same episodes
+                            "episode_correct": [round(a * t.ways * t.queries) for a in accs.tolist()],
+                            "episode_queries": t.ways * t.queries, **clustering},
+                "speed": {"eval_s": eval_s, "eval_tasks_per_s": b.test_episodes / eval_s if eval_s > 0 else None}}

@@ -15,6 +15,13 @@ Example::
     train_ways = 60
     train_queries = 5
 
+    [[protocols]]                            # or: train once, test on several protocols (one evaluation
+    train_ways = 20                          # each, in one record); train_* default to the first test
+    train_shots = 1
+    train_queries = 5
+    tests = [{ways = 5, shots = 1, queries = 15}, {ways = 5, shots = 5, queries = 15},
+             {ways = 20, shots = 1, queries = 15}, {ways = 20, shots = 5, queries = 15}]
+
     [budget]
     steps = 2000                             # outer meta-training steps
     meta_batch = 1                           # tasks per step
@@ -44,7 +51,7 @@ import sys
 from fnmatch import fnmatchcase
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,8 +70,41 @@ class SuiteError(ValueError):
 
 
 @dataclass(frozen=True)
+class TestShape:
+    """One test protocol: N-way K-shot tasks with Q queries per class."""
+
+    ways: int
+    shots: int
+    queries: int
+
+    @property
+    def label(self) -> str:
+        """E.g. ``5-way 1-shot``."""
+        return f"{self.ways}-way {self.shots}-shot"
+
+    @property
+    def tag(self) -> str:
+        """E.g. ``5w1s15q`` (in run ids)."""
+        return f"{self.ways}w{self.shots}s{self.queries}q"
+
+
+def episode_seed(dataset: str, test: TestShape, seed: int) -> int:
+    """Seed of the test episodes of ``test`` on ``dataset`` under suite seed ``seed``."""
+    return derive_seed("test-episodes", dataset, test.ways, test.shots, test.queries, seed)
+
+
+def test_shapes(config: dict[str, Any]) -> list[TestShape]:
+    """The test protocols of a record's ``config``: its ``tests``, else its ways/shots/queries."""
+    tests = config.get("tests") or [{k: config[k] for k in ("ways", "shots", "queries")}]
+    return [TestShape(t["ways"], t["shots"], t["queries"]) for t in tests]
+
+
+@dataclass(frozen=True)
 class Protocol:
-    """Test-time task shape plus the shape of meta-training tasks."""
+    """The shape of meta-training tasks and the test protocols a trained model is scored on.
+
+    ``ways``/``shots``/``queries`` are the first test's; ``more_tests`` the others (a model trained once
+    and evaluated on each, as CACTUs, ProtoTransfer and PsCo report their tables)."""
 
     ways: int
     shots: int
@@ -72,11 +112,46 @@ class Protocol:
     train_ways: int
     train_shots: int
     train_queries: int
+    more_tests: tuple[TestShape, ...] = ()
+
+    @property
+    def tests(self) -> tuple[TestShape, ...]:
+        """Every test protocol, the first one first."""
+        return (TestShape(self.ways, self.shots, self.queries), *self.more_tests)
 
     @property
     def label(self) -> str:
         """E.g. ``5-way 1-shot``."""
         return f"{self.ways}-way {self.shots}-shot"
+
+    def identity(self) -> dict[str, Any]:
+        """The protocol in a run's config: today's six keys, plus ``tests`` when there are several."""
+        d = {k: getattr(self, k) for k in ("ways", "shots", "queries", "train_ways", "train_shots",
+                                          "train_queries")}
+        if self.more_tests:
+            d["tests"] = [asdict(t) for t in self.tests]
+        return d
+
+    @property
+    def tag(self) -> str:
+        """The protocol part of a run id: ``5w1s15q``; with several tests the training shape and the tests,
+        ``train20w1s5q-5w1s15q+5w5s15q``."""
+        if not self.more_tests:
+            return self.tests[0].tag
+        return (f"train{self.train_ways}w{self.train_shots}s{self.train_queries}q-"
+                + "+".join(t.tag for t in self.tests))
+
+    def per_way(self) -> list["Protocol"]:
+        """One protocol per test way count, trained at that way count (for algorithms whose model is sized
+        by the way count, ``Algorithm.trains_per_way``); a single-test protocol is left as it is."""
+        if not self.more_tests:
+            return [self]
+        out = []
+        for w in dict.fromkeys(t.ways for t in self.tests):
+            tests = [t for t in self.tests if t.ways == w]
+            out.append(Protocol(w, tests[0].shots, tests[0].queries, w, self.train_shots, self.train_queries,
+                                tuple(tests[1:])))
+        return out
 
 
 @dataclass(frozen=True)
@@ -106,29 +181,28 @@ class RunSpec:
     def config(self) -> dict[str, Any]:
         """The record's ``config`` object (without resolved plugin defaults, which the runner adds)."""
         return {"suite": self.suite, "dataset": self.dataset, "task_generator": self.task_generator,
-                "algorithm": self.algorithm, **asdict(self.protocol), "seed": self.seed,
+                "algorithm": self.algorithm, **self.protocol.identity(), "seed": self.seed,
                 "budget": asdict(self.budget), "options": self.options}
 
     @property
     def run_seed(self) -> int:
         """Seed of everything run-specific (initialisation, training episodes)."""
         return derive_seed("run", self.dataset, self.task_generator, self.algorithm,
-                           asdict(self.protocol), self.seed)
+                           self.protocol.identity(), self.seed)
 
-    @property
-    def test_seed(self) -> int:
-        """Seed of the test episodes: the same for every generator and algorithm (a paired comparison)."""
-        p = self.protocol
-        return derive_seed("test-episodes", self.dataset, p.ways, p.shots, p.queries, self.seed)
+    def test_seed(self, test: TestShape | None = None) -> int:
+        """Seed of the episodes of ``test`` (default: the first test): they depend only on the dataset, the
+        test protocol and the seed, so every generator, algorithm and training shape is scored on the same
+        episodes (a paired comparison)."""
+        return episode_seed(self.dataset, test or self.protocol.tests[0], self.seed)
 
     @property
     def run_id(self) -> str:
         """Readable identity plus a hash of the whole resolved config (options and budgets included)."""
         blob = json.dumps(self.config(), sort_keys=True, default=str).encode()
         h = hashlib.sha256(blob).hexdigest()[:8]
-        p = self.protocol
         return (f"{self.dataset}__{self.task_generator}__{self.algorithm}__"
-                f"{p.ways}w{p.shots}s{p.queries}q__seed{self.seed}__{h}")
+                f"{self.protocol.tag}__seed{self.seed}__{h}")
 
 
 @dataclass(frozen=True)
@@ -159,29 +233,39 @@ class Suite:
                 return self.budgets[name]
         return self.budget
 
-    def excluded(self, dataset: str, task_generator: str, algorithm: str, protocol: Protocol) -> bool:
-        """True if an ``[[exclude]]`` entry matches this combination."""
+    def excluded(self, dataset: str, task_generator: str, algorithm: str, test: TestShape) -> bool:
+        """True if an ``[[exclude]]`` entry matches this combination (``ways``/``shots`` match a test)."""
         have = {"dataset": dataset, "task_generator": task_generator, "algorithm": algorithm,
-                "ways": protocol.ways, "shots": protocol.shots}
+                "ways": test.ways, "shots": test.shots}
         return any(all(have[k] in values for k, values in rule.items()) for rule in self.exclude)
 
-    def runs(self, only: tuple[str, ...] | list[str] = ()) -> list[RunSpec]:
+    def runs(self, only: tuple[str, ...] | list[str] = (),
+             trains_per_way: Callable[[str], bool] | None = None) -> list[RunSpec]:
         """The grid minus the excluded combinations, in a stable order; with ``only`` (shell patterns), just
-        the runs whose id matches one of them."""
+        the runs whose id matches one of them. A protocol's tests that an ``[[exclude]]`` matches are left
+        out of its runs. ``trains_per_way(algorithm)`` (from the registry: ``Algorithm.trains_per_way``)
+        says which algorithms get one training per test way count of a several-test protocol."""
         out = []
         for ds, gen, alg, proto, seed in itertools.product(self.datasets, self.task_generators,
                                                            self.algorithms, self.protocols, self.seeds):
-            if self.excluded(ds, gen, alg, proto):
+            tests = [t for t in proto.tests if not self.excluded(ds, gen, alg, t)]
+            if not tests:
                 continue
+            if len(tests) < len(proto.tests):
+                proto = Protocol(tests[0].ways, tests[0].shots, tests[0].queries, proto.train_ways,
+                                 proto.train_shots, proto.train_queries, tuple(tests[1:]))
             opts = {k: self.options_for(k) for k in (ds, gen, alg) if self.options_for(k)}
-            out.append(RunSpec(self.name, ds, gen, alg, proto, seed, self.budget_for(gen, alg), opts))
+            split = trains_per_way is not None and trains_per_way(alg)
+            for p in (proto.per_way() if split else [proto]):
+                out.append(RunSpec(self.name, ds, gen, alg, p, seed, self.budget_for(gen, alg), opts))
         return [r for r in out if not only or any(fnmatchcase(r.run_id, p) for p in only)]
 
 
 _TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
         "budget", "options", "exclude"}
 _EXCLUDE = {"dataset", "task_generator", "algorithm", "ways", "shots"}
-_PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries"}
+_PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries", "tests"}
+_TEST = ("ways", "shots", "queries")
 _BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch", "cluster_tasks"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -233,6 +317,35 @@ def _ints(where: str, key: str, value: Any) -> list[int]:
     return [_int(where, key, v, 1) for v in values]
 
 
+def _test(where: str, key: str, t: Any) -> TestShape:
+    if not isinstance(t, dict):
+        raise _err(where, f"key '{key}' must be a table with keys {list(_TEST)}, got {t!r}")
+    bad = sorted(set(t) - set(_TEST))
+    if bad:
+        raise _err(where, f"unknown key(s) {bad} in '{key}'; allowed: {list(_TEST)}")
+    for req in _TEST:
+        if req not in t:
+            raise _err(where, f"missing key '{key}.{req}'")
+    return TestShape(_int(where, f"{key}.ways", t["ways"], 2), _int(where, f"{key}.shots", t["shots"], 1),
+                     _int(where, f"{key}.queries", t["queries"], 1))
+
+
+def _tests(where: str, key: str, p: dict[str, Any]) -> list[TestShape]:
+    """The test protocols of ``[[protocols]]`` entry ``p``: its ``tests`` list, or its own ways/shots/queries."""
+    if "tests" not in p:
+        return [_test(where, key, {k: p[k] for k in _TEST if k in p})]
+    if set(_TEST) & set(p):
+        raise _err(where, f"'{key}' has 'tests' and also {sorted(set(_TEST) & set(p))}: give the test "
+                          "protocols in 'tests' only (the training shape in train_ways/train_shots/train_queries)")
+    raw = p["tests"]
+    if not isinstance(raw, list) or not raw:
+        raise _err(where, f"key '{key}.tests' must be a non-empty array of tables {{ways, shots, queries}}")
+    tests = [_test(where, f"{key}.tests[{i}]", t) for i, t in enumerate(raw)]
+    if len(set(tests)) != len(tests):
+        raise _err(where, f"key '{key}.tests' lists a test protocol twice")
+    return tests
+
+
 def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: Path | None = None) -> Suite:
     """Validate a suite's TOML data; :class:`SuiteError` names ``where`` and the bad key."""
     unknown = sorted(set(data) - _TOP)
@@ -255,17 +368,14 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
         bad = sorted(set(p) - _PROTO)
         if bad:
             raise _err(where, f"unknown key(s) {bad} in '{key}'; allowed: {sorted(_PROTO)}")
-        for req in ("ways", "shots", "queries"):
-            if req not in p:
-                raise _err(where, f"missing key '{key}.{req}'")
-        ways = _int(where, f"{key}.ways", p["ways"], 2)
-        shots = _int(where, f"{key}.shots", p["shots"], 1)
-        queries = _int(where, f"{key}.queries", p["queries"], 1)
+        tests = _tests(where, key, p)
+        first = tests[0]
         protocols.append(Protocol(
-            ways, shots, queries,
-            _int(where, f"{key}.train_ways", p.get("train_ways", ways), 2),
-            _int(where, f"{key}.train_shots", p.get("train_shots", shots), 1),
-            _int(where, f"{key}.train_queries", p.get("train_queries", queries), 1)))
+            first.ways, first.shots, first.queries,
+            _int(where, f"{key}.train_ways", p.get("train_ways", first.ways), 2),
+            _int(where, f"{key}.train_shots", p.get("train_shots", first.shots), 1),
+            _int(where, f"{key}.train_queries", p.get("train_queries", first.queries), 1),
+            tuple(tests[1:])))
     b = data["budget"]
     if not isinstance(b, dict):
         raise _err(where, "key 'budget' must be a table")

@@ -536,7 +536,7 @@ def run_suite(runner: SuiteRunner, executor: Executor | None = None, only: Seque
     another); ``on_outcome`` hears of each run as it completes. ``only``: shell patterns; when given, just
     the runs whose id matches one of them. Returns the outcomes in suite order."""
     check_suite_plugins(runner.suite, runner.registry)
-    runs = runner.suite.runs(tuple(only))
+    runs = runner.runs(tuple(only))
     done: dict[str, RunOutcome] = {}
     for outcome in (executor or LocalExecutor()).execute(runner, runs):
         done[outcome.run_id] = outcome

@@ -50,7 +50,7 @@ def failed_record(runner: SuiteRunner, spec: RunSpec, plugin: str | None, error:
         "failed_plugin": plugin,
         "traceback": tb,
         "config": spec.config(),
-        "metrics": {},
+        "evaluations": [],
         "speed": {"meta_train_tasks_per_s": None, "eval_tasks_per_s": None, "wall_s": wall_s,
                   "peak_mem_mb": memory.peak_mb(dev)},
         "environment": environment.describe(dev),

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from metabench.engine.records import RecordError, load_records, read_record
+from metabench.engine.records import RecordError, load_records, read_record, views
 
 IDENTITY = ("dataset", "ways", "shots", "queries", "task_generator", "algorithm", "seed")
 TESTS = ("ttest", "wilcoxon")
@@ -42,16 +42,19 @@ def identity(record: dict[str, Any]) -> tuple:
 
 
 def load_side(path: str | Path) -> tuple[list[dict[str, Any]], list[RecordError]]:
-    """The records of a results folder (recursively) or of a single record file, and the unreadable ones."""
+    """The records of a results folder (recursively) or of a single record file, one per evaluation
+    (:func:`~metabench.engine.records.evaluation_views`), and the unreadable ones."""
     path = Path(path)
     if path.is_dir():
-        return load_records(path)
-    if not path.exists():
+        records, errors = load_records(path)
+    elif not path.exists():
         raise FileNotFoundError(f"{path}: no such results folder or record file")
-    try:
-        return [read_record(path)], []
-    except RecordError as exc:
-        return [], [exc]
+    else:
+        try:
+            records, errors = [read_record(path)], []
+        except RecordError as exc:
+            return [], [exc]
+    return views(records), errors
 
 
 @dataclass
@@ -210,7 +213,7 @@ def compare(base: list[dict[str, Any]], new: list[dict[str, Any]], alpha: float 
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     dups: list[str] = []
-    bi, ni = _index(base, "base", dups), _index(new, "new", dups)
+    bi, ni = _index(views(base), "base", dups), _index(views(new), "new", dups)
     pairs = [_pair(bi[k], ni[k], test) for k in sorted(set(bi) & set(ni), key=repr)]
     family = [p for p in pairs if p.p is not None and not p.identical]
     if correction == "holm" and family:

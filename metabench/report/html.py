@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from metabench.report.summary import HEADER_NOTE, ProtocolTable, failed_rows, protocol_tables
+from metabench.report.summary import HEADER_NOTE, PAPER_NOTE, ProtocolTable, failed_rows, paper_tables, protocol_tables
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["sendDataToCloud"]}
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -223,6 +223,13 @@ def render_html(df: pd.DataFrame, failed: list[dict[str, Any]], n_records: int) 
                     + '<li><a href="#average-rank">Average rank</a></li></ul></nav>')
     else:
         body.append("<p>No successful runs yet.</p>")
+    papers = paper_tables(df)
+    if papers:
+        body.append(f'<p class="note">{html.escape(PAPER_NOTE)}</p>')
+    for p in papers:
+        body += [f'<section class="paper" id="{slug("paper", p.dataset)}" data-dataset="{html.escape(p.dataset)}">',
+                 f"<h2>{html.escape(p.title)}</h2>", _table_html(f"table-{slug('paper', p.dataset)}", p.headers, p.rows),
+                 "</section>"]
     for t in tables:
         sid = slug(*t.key)
         body += [f'<section class="protocol" id="{slug("section", *t.key)}" data-dataset="{html.escape(t.key[0])}">',

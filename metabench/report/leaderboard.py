@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from metabench.engine.records import views
 from metabench.report.html import render_html
 from metabench.report.markdown import render_markdown
 from metabench.report.reproduction import render_reproduction, resolve_claims
@@ -16,7 +17,7 @@ def write_leaderboard(records: list[dict[str, Any]], out_dir: Path, registry: An
     and ``REPRODUCTION.md`` (the plugins' published numbers beside ours; ``registry`` gives the plugins, None
     discovers the installed ones) into ``out_dir``; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = sorted(records, key=lambda r: r["run_id"])
+    records = views(sorted(records, key=lambda r: r["run_id"]))
     df = summarize(records)
     failed = [r for r in records if r["status"] == "failed"]
     md_path, csv_path = out_dir / "README.md", out_dir / "leaderboard.csv"

@@ -6,7 +6,8 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from metabench.report.summary import HEADER_NOTE, failed_rows, protocol_tables
+from metabench.report.summary import HEADER_NOTE, PAPER_NOTE, failed_rows, paper_tables, protocol_tables
+
 
 
 def render_markdown(df: pd.DataFrame, failed: list[dict[str, Any]], n_records: int) -> str:
@@ -16,6 +17,12 @@ def render_markdown(df: pd.DataFrame, failed: list[dict[str, Any]], n_records: i
            HEADER_NOTE, ""]
     if df.empty:
         out += ["No successful runs yet.", ""]
+    else:
+        out += [PAPER_NOTE, ""]
+    for p in paper_tables(df):
+        out += [f"## {p.title}", ""]
+        out.append(tabulate(p.rows, headers=p.headers, tablefmt="github", disable_numparse=True))
+        out.append("")
     for t in protocol_tables(df):
         out += [f"## {t.title}", ""]
         out.append(tabulate(t.rows, headers=t.headers, tablefmt="github", disable_numparse=True))

@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
+from metabench.engine.records import views
+
 CLUSTER_METRICS = ("nmi", "ari", "cluster_acc", "own_nmi", "own_ari", "own_cluster_acc")
 COLUMNS = ["dataset", "ways", "shots", "queries", "suite", "algorithm", "task_generator", "accuracy_mean",
            "accuracy_ci95", "nmi", "nmi_ci95", "ari", "ari_ci95", "cluster_acc", "cluster_acc_ci95", "own_nmi",
@@ -36,7 +38,7 @@ def _ci_over_seeds(means: list[float], cis: list[float]) -> float:
 def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (dataset, protocol, suite, algorithm, task generator, config), aggregated over seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
+    for r in views(records):
         if r["status"] != "ok":
             continue
         c = r["config"]
@@ -86,6 +88,10 @@ HEADER_NOTE = ("Accuracy is the mean query accuracy over the fixed test episodes
                "and cluster accuracy (Hungarian-matched) score k-means (k = N) on the algorithm's embedding of "
                "unlabeled test tasks; Own NMI, ARI and cluster accuracy score the algorithm's own clustering of "
                "the same tasks (its `cluster`, a meta-learned clusterer), where it has one.")
+PAPER_NOTE = ("Each dataset first in the papers' layout, one column per test protocol (a model trained once is "
+              "scored on every protocol it was tested on); † marks a cell whose entry has several "
+              "configurations there, the best shown. Then one table per protocol with every configuration, "
+              "clustering scores and throughput.")
 _CLUSTER_HEADERS = {"nmi": "NMI", "ari": "ARI", "cluster_acc": "Cluster acc.", "own_nmi": "Own NMI",
                     "own_ari": "Own ARI", "own_cluster_acc": "Own cluster acc."}
 
@@ -127,3 +133,53 @@ def failed_rows(failed: list[dict[str, Any]]) -> list[list[str]]:
     """The rows of the failed-runs table: run id, plugin, first line of the error."""
     return [[r["run_id"], r.get("failed_plugin") or "–", r["error"].splitlines()[0][:160]]
             for r in sorted(failed, key=lambda r: r["run_id"])]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One dataset's table in the papers' layout: rows algorithm x task generator (x suite), columns the test
+    protocols (N-way K-shot), cells "mean ± CI" over seeds, as display strings."""
+
+    dataset: str
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    columns: list[tuple[int, int, int]]  # (ways, shots, queries) of each protocol column
+
+
+def paper_tables(df: pd.DataFrame) -> list[PaperTable]:
+    """Per dataset, the four-column (or however many protocols were run) table of the papers. A cell holds
+    the entry's best configuration on that protocol (``df`` is sorted best first), marked † when the entry
+    has several there (the per-protocol tables list them all) and with its seed count when it is under
+    the table's most. Rows are ordered by mean accuracy over the columns they fill, fullest rows first."""
+    out = []
+    for ds, g in df.groupby("dataset", sort=True):
+        protos = sorted({(int(w), int(k), int(q)) for w, k, q in zip(g.ways, g.shots, g.queries)})
+        queries_vary = len({(w, k) for w, k, _ in protos}) < len(protos)
+        most = int(g.seeds.max())
+        entries: dict[tuple[str, str, str], dict[tuple[int, int, int], list]] = {}
+        for r in g.itertuples(index=False):
+            cell = entries.setdefault((r.algorithm, r.task_generator, r.suite), {})
+            cell.setdefault((int(r.ways), int(r.shots), int(r.queries)), []).append(r)
+        rows = []
+        for (alg, gen, suite), cells in entries.items():
+            shown, accs = [], []
+            for p in protos:
+                rs = cells.get(p)
+                if not rs:
+                    shown.append("–")
+                    continue
+                best = rs[0]
+                accs.append(best.accuracy_mean)
+                text = f"{100 * best.accuracy_mean:.2f} ± {100 * best.accuracy_ci95:.2f}"
+                if int(best.seeds) < most:
+                    text += f" ({int(best.seeds)} seed{'s' if int(best.seeds) > 1 else ''})"
+                shown.append(text + (" †" if len(rs) > 1 else ""))
+            rows.append((-len(accs), -sum(accs) / len(accs), alg, gen, suite, shown))
+        rows.sort(key=lambda r: r[:5])
+        headers = ["Algorithm", "Task generator", "Suite",
+                   *[f"{w}-way {k}-shot" + (f" ({q}q)" if queries_vary else "") for w, k, q in protos]]
+        seeds = f"{most} seed{'s' if most > 1 else ''}"
+        out.append(PaperTable(ds, f"{ds}: accuracy (%) by test protocol, up to {seeds}", headers,
+                              [[a, gn, s, *cells] for _, _, a, gn, s, cells in rows], protos))
+    return out

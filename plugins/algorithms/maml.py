@@ -32,6 +32,7 @@ class MAML(Algorithm):
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
                              "paper's Omniglot net uses strided convs, not max-pooling")
     head_only = False  # ANIL adapts only the head
+    trains_per_way = True   # the head has one output per way: one training per test way count
     resumable = True  # the model, Meta-SGD's rates and Adam's moments are all the training state
 
     def setup(self, ctx: RunContext) -> None:

@@ -46,6 +46,7 @@ class Reptile(Algorithm):
                          (20, 5): (97.12, 0.32)},
                         note="Table 2 (Omniglot; was mislabelled Table 1), row 'Reptile + Transduction', arXiv v3 "
                              "(v1 had other numbers); checked against copies of the table, not the PDF")
+    trains_per_way = True   # the head has one output per way: one training per test way count
     resumable = True  # model, minibatch generators and the annealing horizon are its state
 
     def setup(self, ctx: RunContext) -> None:

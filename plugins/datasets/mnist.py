@@ -7,7 +7,9 @@ ICLR: with only 10 classes MNIST is split by image, so ``train`` is the 60000 tr
 the 10000 test images, each holding all 10 digits.
 
 The idx files are parsed here (gzip in memory; nothing is written under the data root) and the decoded
-tensors cached under ``ctx.cache_dir``.
+tensors cached under ``ctx.cache_dir``. Images are kept as stored (28x28 grey, strokes bright on 0), so
+:meth:`MNIST.prepare_image` takes a 28x28 image to its grey levels unchanged: a PNG written from an MNIST
+image comes back bit-exactly.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from metabench import DataContext, Dataset, DatasetNotFoundError, ImageSet, PluginError, hookimpl
 from metabench.toolkit.datacache import cached_tensors, cache_key
@@ -25,6 +28,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 DECODER_VERSION = 1
+SIZE = 28
 
 
 def find_file(raw: Path, stem: str) -> Path:
@@ -86,6 +90,13 @@ class MNIST(Dataset):
         n, n_train = len(data["labels"]), int(data["n_train"])
         splits = {"train": torch.arange(n_train), "test": torch.arange(n_train, n)}
         return ImageSet(self.name, data["images"], data["labels"], splits, protocol="cactus-by-image")
+
+    def prepare_image(self, image: Image.Image, options: dict) -> torch.Tensor:
+        """A 28x28 image, bright strokes on black as stored -> uint8 ``[1, 28, 28]`` (``convert("L")``, no
+        resizing or inversion; :class:`PluginError` for another size)."""
+        if image.size != (SIZE, SIZE):
+            raise PluginError(f"mnist: expected a {SIZE}x{SIZE} image, got {image.size[0]}x{image.size[1]}")
+        return torch.from_numpy(np.array(image.convert("L"), dtype=np.uint8)).unsqueeze(0)
 
 
 @hookimpl

@@ -1,15 +1,26 @@
-"""Omniglot with the Vinyals et al. (2016) class split: 1623 characters x 4 rotations, 28x28.
+"""Omniglot, 28x28, with two class splits: Vinyals et al.'s (default) and Lake et al.'s by alphabet.
 
 Source: Lake, Salakhutdinov & Tenenbaum (2015), "Human-level concept learning through probabilistic
-program induction", Science 350(6266) -- github.com/brendenlake/omniglot. Split: Vinyals et al. (2016),
-"Matching Networks for One Shot Learning", NeurIPS, as distributed with Snell et al.'s prototypical
-networks (``splits/omniglot/vinyals/{train,val,test}.txt``, one ``Alphabet/characterNN/rotDDD`` class per
-line).
+program induction", Science 350(6266) -- github.com/brendenlake/omniglot.
+
+Option ``split``:
+
+* ``"vinyals"`` (default, or any folder under ``splits/omniglot/``): Vinyals et al. (2016), "Matching
+  Networks for One Shot Learning", NeurIPS, as distributed with Snell et al.'s prototypical networks
+  (``splits/omniglot/vinyals/{train,val,test}.txt``, one ``Alphabet/characterNN/rotDDD`` class per line):
+  1623 characters x 4 rotations (90/180/270 degree turns are extra classes), split by class.
+* ``"lake"``: the one-shot benchmark split of Lake et al. (2015): ``train`` = the 964 characters of the 30
+  background alphabets (``images_background``), ``test`` = the 659 characters of the 20 evaluation
+  alphabets (``images_evaluation``), so no test alphabet (hence no test character) is seen in training.
+  No rotations (Lake's benchmark has none) and no ``val`` split: all 30 background alphabets are for
+  training as in Lake et al., and an empty split would be meaningless (the runner uses only ``train``
+  and ``test``). Needs no split files; takes precedence over a ``splits/omniglot/lake/`` folder.
 
 Reads torchvision's ``omniglot-py/`` folder: extracted ``images_background/`` and ``images_evaluation/``
 folders, or their zips (read in memory; nothing is ever written under the data root). The 1623 x 20 base
-drawings are decoded once (105x105 -> 28x28 Lanczos, inverted so strokes are bright) and cached; the
-rotated classes are assembled from the cached base with vectorised ``torch.rot90`` on every load.
+drawings are decoded once by :func:`prepare` (105x105 -> 28x28 Lanczos, inverted so strokes are bright)
+and cached; both splits are assembled from the cached base (rotations with ``torch.rot90``) on every load.
+:meth:`Omniglot.prepare_image` runs the same :func:`prepare` on an external 105x105 drawing.
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ from metabench.toolkit.datacache import cached_tensors, cache_key
 
 SETS = ("images_background", "images_evaluation")
 SPLITS = ("train", "val", "test")
+LAKE = "lake"  # the split value for Lake et al.'s background/evaluation split
 DRAWINGS = 20
 SIZE = 28
 DECODER_VERSION = 1
@@ -70,6 +82,29 @@ def _list_pngs(src: Path, set_name: str) -> list[str]:
                       if n.startswith(prefix) and n.endswith(".png") and n.count("/") == 3)
 
 
+def _characters(src: Path, set_name: str) -> list[str]:
+    """Sorted ``Alphabet/characterNN`` folders of one set (a folder or a zip), without listing drawings."""
+    if src.is_dir():
+        return sorted(f"{a.name}/{c.name}" for a in os.scandir(src) if a.is_dir()
+                      for c in os.scandir(a.path) if c.is_dir())
+    with zipfile.ZipFile(src) as zf:
+        return sorted({n.split("/", 1)[1].rsplit("/", 1)[0] for n in zf.namelist()
+                       if n.startswith(f"{set_name}/") and n.endswith(".png") and n.count("/") == 3})
+
+
+def lake_split(sources: dict[str, Path]) -> dict[str, list[tuple[str, int]]]:
+    """Lake et al.'s split: ``train`` = background characters, ``test`` = evaluation ones, unrotated.
+
+    Raises :class:`PluginError` if an alphabet name occurs in both sets (the split is by alphabet).
+    """
+    train, test = (_characters(sources[s], s) for s in SETS)
+    shared = {c.split("/")[0] for c in train} & {c.split("/")[0] for c in test}
+    if shared:
+        raise PluginError(f"omniglot: alphabet(s) {sorted(shared)[:5]} are in both {SETS[0]} and "
+                          f"{SETS[1]}; the lake split must be disjoint by alphabet")
+    return {"train": [(c, 0) for c in train], "test": [(c, 0) for c in test]}
+
+
 def _source_files(src: Path) -> list[Path]:
     """The paths whose size and mtime fingerprint a source: a zip itself, or a folder and its subfolders.
 
@@ -85,11 +120,16 @@ def _source_files(src: Path) -> list[Path]:
     return out
 
 
-def _decode(data: bytes) -> np.ndarray:
-    """One 105x105 drawing -> 28x28 uint8, strokes bright on a 0 background."""
-    with Image.open(io.BytesIO(data)) as im:
-        small = im.convert("L").resize((SIZE, SIZE), Image.LANCZOS)
+def prepare(im: Image.Image) -> np.ndarray:
+    """One 105x105 drawing (dark strokes on white) -> 28x28 uint8, strokes bright on a 0 background."""
+    small = im.convert("L").resize((SIZE, SIZE), Image.LANCZOS)
     return 255 - np.asarray(small, dtype=np.uint8)
+
+
+def _decode(data: bytes) -> np.ndarray:
+    """:func:`prepare` of one PNG file's bytes."""
+    with Image.open(io.BytesIO(data)) as im:
+        return prepare(im)
 
 
 def _build_base(sources: dict[str, Path]) -> dict[str, torch.Tensor]:
@@ -145,25 +185,26 @@ def read_split(root: Path, split: str) -> dict[str, list[tuple[str, int]]]:
 
 
 class Omniglot(Dataset):
-    """Omniglot, 28x28, classes = character x rotation, split by class (Vinyals)."""
+    """Omniglot, 28x28: Vinyals' class split with rotations (default), or Lake's split by alphabet."""
 
     name = "omniglot"
-    description = "Omniglot handwritten characters, 28x28, 4 rotations per character, Vinyals class split"
+    description = ("Omniglot handwritten characters, 28x28; split=vinyals: 4 rotations per character, "
+                   "Vinyals class split; split=lake: background/evaluation alphabets, no rotations")
     paper = ("Lake, Salakhutdinov & Tenenbaum (2015), Human-level concept learning through probabilistic "
-             "program induction, Science 350(6266); split: Vinyals et al. (2016), Matching Networks for "
-             "One Shot Learning, NeurIPS")
+             "program induction, Science 350(6266) (split=lake: its background/evaluation split); "
+             "split=vinyals: Vinyals et al. (2016), Matching Networks for One Shot Learning, NeurIPS")
     defaults = {"split": "vinyals"}
     augmentation = "strokes"  # UMTRA's Omniglot augmentation
 
     def load(self, ctx: DataContext) -> ImageSet:
-        """Decode (once, then from ``ctx.cache_dir``) and assemble the rotated classes of the split."""
+        """Decode (once, then from ``ctx.cache_dir``) and assemble the (rotated) classes of the split."""
         split = ctx.options.get("split", self.defaults["split"])
         if not isinstance(split, str) or not split or "/" in split or os.sep in split or split[0] == ".":
-            raise PluginError(f"omniglot: option split must be a folder name under splits/omniglot/, "
-                              f"got {split!r}")
+            raise PluginError(f"omniglot: option split must be {LAKE!r} or a folder name under "
+                              f"splits/omniglot/, got {split!r}")
         root = Path(ctx.data_root)
         sources = find_sources(root)
-        classes = read_split(root, split)
+        classes = lake_split(sources) if split == LAKE else read_split(root, split)
 
         files = [f for src in sources.values() for f in _source_files(src)]
         key = cache_key("omniglot-base", DECODER_VERSION, files, root=root, size=SIZE)
@@ -171,11 +212,11 @@ class Omniglot(Dataset):
         index = {n: i for i, n in enumerate(bytes(base["names"].numpy()).decode().split("\n"))}
 
         chars, turns = [], []
-        for part in SPLITS:
+        for part in classes:
             for char, k in classes[part]:
                 if char not in index:
                     raise DatasetNotFoundError(
-                        f"omniglot: split {split}/{part}.txt names {char}, which is in neither "
+                        f"omniglot: split {split!r} ({part}) names {char}, which is in neither "
                         f"{sources['images_background']} nor {sources['images_evaluation']}")
                 chars.append(index[char])
                 turns.append(k)
@@ -190,12 +231,18 @@ class Omniglot(Dataset):
 
         labels = torch.arange(len(chars)).repeat_interleave(DRAWINGS)
         splits, start = {}, 0
-        for part in SPLITS:
+        for part in classes:
             n = len(classes[part]) * DRAWINGS
             splits[part] = torch.arange(start, start + n)
             start += n
         images = out.view(-1, 1, SIZE, SIZE)
-        return ImageSet(self.name, images, labels, splits, protocol=f"{split}-by-class")
+        protocol = "lake-by-alphabet" if split == LAKE else f"{split}-by-class"
+        return ImageSet(self.name, images, labels, splits, protocol=protocol)
+
+    def prepare_image(self, image: Image.Image, options: dict) -> torch.Tensor:
+        """A 105x105 drawing (black strokes on white, as in the source PNGs) -> uint8 ``[1, 28, 28]``,
+        by the same :func:`prepare` as the dataset's own drawings (no rotation: that is per class)."""
+        return torch.from_numpy(prepare(image).copy()).unsqueeze(0)
 
 
 @hookimpl
