@@ -71,6 +71,7 @@ class Registry:
 
     plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {k: {} for k in HOOKS})
     failures: list[PluginFailure] = field(default_factory=list)
+    plugins_dirs: tuple[str, ...] = ()  # the --plugins-dir folders it was discovered with (for sealed workers)
 
     def get(self, kind: str, name: str) -> PluginInfo:
         """The plugin of ``kind`` called ``name``, or :class:`UnknownPluginError` listing the known ones."""
@@ -163,7 +164,7 @@ def _add(reg: Registry, info: PluginInfo) -> None:
 
 def discover(plugins_dirs: list[Path] | tuple[Path, ...] = ()) -> Registry:
     """Find every plugin: entry points of group ``metabench`` first, then ``*.py`` in ``plugins_dirs``."""
-    reg, pm = Registry(), _new_manager()
+    reg, pm = Registry(plugins_dirs=tuple(str(Path(d).resolve()) for d in plugins_dirs)), _new_manager()
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
     for ep in eps:
         dist = ep.dist.name if ep.dist else "metabench"

@@ -26,6 +26,7 @@ from metabench.engine.records import SCHEMA_VERSION
 from metabench.engine.registry import Registry
 from metabench.seeding import derive_seed, make_generator
 from metabench.engine.suite import RunSpec, Suite, TestShape, plugin_name
+from metabench.engine.training import Stage, sync, task_stream
 
 
 class RunFailure(Exception):
@@ -49,32 +50,7 @@ class Settings:
     save_models: bool = False  # keep each run's trained model beside its record (:mod:`metabench.engine.models`)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Stage:
-    """Remembers which plugin is running, so a failure can be blamed on it; ``on_enter`` (optional) hears
-    of each stage entered, e.g. to let a supervising process blame the right plugin for a timeout."""
-
-    def __init__(self, on_enter: Callable[[str], None] | None = None) -> None:
-        self.plugin: str | None = None
-        self.on_enter = on_enter
-
-    def __call__(self, plugin: str) -> "_Stage":
-        self.plugin = plugin
-        if self.on_enter is not None:
-            self.on_enter(plugin)
-        return self
-
-    def __enter__(self) -> "_Stage":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.plugin = None  # finished cleanly: a later core error is not this plugin's fault
-        return False
+_sync, _Stage = sync, Stage  # their home is metabench.engine.training
 
 
 class _Resume:
@@ -206,19 +182,9 @@ class SuiteRunner:
         resume = _Resume(self, spec, algorithm, episode_gen, checked, (ds_info.cls, gen_info.cls, alg_info.cls))
 
         def stream() -> Iterator[EpisodeBatch]:
-            while True:
-                with stage(f"task_generator:{spec.task_generator}"):
-                    batch = generator.sample(b.meta_batch, episode_gen)
-                    if not isinstance(batch, EpisodeBatch):
-                        raise PluginError(f"{spec.task_generator}: sample() must return an EpisodeBatch, "
-                                          f"got {type(batch).__name__}")
-                    if checked["n"] < 3:  # validating every batch would sync the device each step
-                        batch.check(spec.task_generator, b.meta_batch, p.train_ways, p.train_shots,
-                                    p.train_queries, data.image_shape)
-                        checked["n"] += 1
-                stage(f"algorithm:{spec.algorithm}")
-                checked["tasks"] += batch.tasks
-                yield batch
+            return task_stream(generator, spec.task_generator, spec.algorithm, b.meta_batch,
+                               (p.train_ways, p.train_shots, p.train_queries), data.image_shape, episode_gen,
+                               stage, checked)
 
         desc = f"{label} {spec.run_id.rsplit('__', 1)[0]}"
         with progress(total=b.steps, initial=resume.start, desc=f"{desc} train", unit="step") as bar:
