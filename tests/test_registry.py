@@ -57,7 +57,11 @@ def test_builtins_are_found_through_entry_points_with_origin():
 def test_list_json_has_the_documented_keys(capsys):
     assert main(["list", "--json"]) == 0
     items = json.loads(capsys.readouterr().out)
-    assert all(set(i) == {"kind", "name", "origin", "version", "description"} for i in items)
+    assert all(set(i) == {"kind", "name", "origin", "version", "description", "paper", "options", "claims"}
+               for i in items)
+    psco = next(i for i in items if i["name"] == "psco")
+    assert psco["options"]["queue_size"] == 16384 and {(c["ways"], c["shots"]) for c in psco["claims"]} == \
+        {(5, 1), (5, 5), (20, 1), (20, 5)}
     assert BUILTINS <= {(i["kind"], i["name"]) for i in items}
     assert {i["kind"] for i in items} <= {"dataset", "task_generator", "algorithm"}
 
@@ -117,5 +121,6 @@ def test_pip_installed_package_with_entry_point_shows_up(tmp_path):
     out = subprocess.run([sys.executable, "-m", "metabench.commands.cli", "list", "--json"], env=env, check=True,
                          capture_output=True, text=True).stdout
     item = next(i for i in json.loads(out) if i["name"] == "pixel_nn")
-    assert item == {"kind": "algorithm", "name": "pixel_nn", "origin": "mb-thirdparty", "version": "1.2.3",
-                    "description": "Nearest class mean on raw pixels: no meta-learning at all."}
+    assert {k: item[k] for k in ("kind", "name", "origin", "version", "description")} == {
+        "kind": "algorithm", "name": "pixel_nn", "origin": "mb-thirdparty", "version": "1.2.3",
+        "description": "Nearest class mean on raw pixels: no meta-learning at all."}

@@ -32,7 +32,7 @@ def test_run_writes_records_resumes_and_reproduces(tmp_path, env):
     assert main(["run", str(suite), *env, "--force", "--only", "digits__oracle__protonet__*"]) == 0
     again = _records(tmp_path / "results" / "tiny")[name]
     assert scores(again) == scores(rec), "same suite + seed on CPU gives identical numbers"
-    assert main(["run", str(suite), *env, "--force", "--only", "no-such-run*"]) == 0
+    assert main(["run", str(suite), *env, "--force", "--only", "no-such-run*"]) == 2  # matches nothing
 
 
 def test_failing_plugins_get_failed_records_and_the_rest_runs(tmp_path, env, capsys):

@@ -1,4 +1,5 @@
-"""``metabench list``: every plugin with kind, name, origin and description."""
+"""``metabench list``: every plugin with kind, name, origin and description (``--json``: also its paper,
+options with their defaults, and the published numbers it claims)."""
 from __future__ import annotations
 
 import argparse

@@ -25,7 +25,8 @@ def main(args: argparse.Namespace) -> int:
                         cache_dir=Path(args.cache_dir or default_cache_dir()), device=device(args.device),
                         force=args.force, save_models=args.save_models,
                         checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every)
-    from metabench.execution.executors import ExecutorError, make_executor, run_suite, sigterm_exits
+    from metabench.execution.executors import (ExecutorError, check_suite_plugins, make_executor, run_suite,
+                                               sigterm_exits)
 
     try:
         executor = make_executor(args.executor, workers=args.workers, address=args.address,
@@ -36,7 +37,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
     runner = SuiteRunner(suite, reg, settings)
+    try:
+        check_suite_plugins(suite, reg)  # the header only for a suite whose plugins and options are valid
+    except (UnknownPluginError, PluginError) as exc:
+        print(f"metabench: error in suite {args.suite}: {exc}", file=sys.stderr)
+        return 2
     runs = runner.runs(tuple(args.only or ()))
+    if args.only and not runs:
+        ids = [r.run_id for r in runner.runs()]
+        print(f"metabench: error: --only {' '.join(args.only)} matches none of the {len(ids)} run ids of suite "
+              f"{suite.name!r}, e.g. " + ", ".join(ids[:3]), file=sys.stderr)
+        return 2
     print(f"metabench: suite {suite.name!r}: {len(runs)} run(s) on {settings.device} ({executor.name} "
           f"executor), records in {runner.out_dir}", file=sys.stderr)
 

@@ -11,7 +11,7 @@ from typing import Any
 import importlib.metadata as md
 import importlib.util
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -40,6 +40,15 @@ class UnknownPluginError(KeyError):
         return str(self.args[0])
 
 
+def _json_safe(x: Any) -> Any:
+    """``x`` with anything JSON cannot hold (tuples aside, which become lists) as its ``repr``."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x if x is None or isinstance(x, (bool, int, float, str)) else repr(x)
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     """One discovered plugin class and where it came from."""
@@ -54,7 +63,9 @@ class PluginInfo:
     def as_dict(self) -> dict:
         """The ``metabench list --json`` object."""
         return {"kind": self.kind, "name": self.name, "origin": self.origin, "version": self.version,
-                "description": self.description}
+                "description": self.description, "paper": getattr(self.cls, "paper", ""),
+                "options": _json_safe(dict(getattr(self.cls, "defaults", {}))),
+                "claims": [_json_safe(asdict(c)) for c in self.cls.__dict__.get("claims", ())]}
 
 
 @dataclass(frozen=True)
