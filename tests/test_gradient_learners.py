@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from metabench import Budget, EpisodeBatch, LabeledSplit, PluginError, RunContext
 from metabench.toolkit.episodes import EpisodeSampler
 from metabench.engine.evaluation import evaluate, fixed_episode_indices
-from metabench.toolkit.inner_loop import InnerLoop, MetaModel, adapt, meta_batch_query, resolve_path
+from metabench.toolkit.inner_loop import InnerLoop, MetaModel, adapt, meta_backward, meta_batch_query, resolve_path
 from metabench.seeding import make_generator
 from metabench_plugins.algorithms.anil import ANIL
 from metabench_plugins.algorithms.fomaml import FOMAML
@@ -20,7 +20,7 @@ from metabench_plugins.algorithms.metasgd import MetaSGD
 from metabench_plugins.algorithms.reptile import Reptile, minibatches
 
 T, N, K, Q, SHAPE = 3, 3, 2, 2, (1, 8, 8)  # 8x8 images: three pooled blocks, one unpooled
-PATHS = ["loop", "batched"]
+PATHS = ["loop", "batched", "grouped"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,6 +209,7 @@ def test_reptile_outer_update_matches_reference(f64, path, optimizer):
 def test_paths_and_plugin_defaults():
     assert resolve_path("auto", "cpu") == "loop" and resolve_path("auto", "cuda") == "batched"
     assert resolve_path("loop", "cuda") == "loop" and resolve_path("batched", "cpu") == "batched"
+    assert resolve_path("grouped", "cpu") == "grouped"
     assert MAML.defaults["inner_lr"] == 0.4 and MAML.defaults["test_inner_steps"] > MAML.defaults["inner_steps"]
     assert FOMAML.defaults["first_order"] and not MAML.defaults["first_order"]
     assert ANIL.head_only and "inner_lr" not in MetaSGD.defaults
@@ -262,9 +263,10 @@ def test_plugin_paths_agree_and_meta_sgd_learns_its_rates(f64, cls):
             changed = {k for k, v in alg.lrs.items() if not torch.equal(lrs0[k], v)}
             # a conv bias feeding batch norm has zero gradient, so its rate has none either
             assert changed == {k for k in alg.lrs if not k.endswith(".0.bias")}
-    assert after["loop"][0] == pytest.approx(after["batched"][0], rel=1e-12)
-    for k, v in after["loop"][1].items():
-        torch.testing.assert_close(after["batched"][1][k], v, rtol=0, atol=1e-9)
+    for path in PATHS[1:]:
+        assert after["loop"][0] == pytest.approx(after[path][0], rel=1e-12)
+        for k, v in after["loop"][1].items():
+            torch.testing.assert_close(after[path][1][k], v, rtol=0, atol=1e-9)
 
 
 def test_predict_with_fewer_ways_than_trained_cuts_the_head():
@@ -294,3 +296,39 @@ def test_channels_last_changes_the_layout_not_the_numbers(f64, cls, path):
     for k, v in out[False][1].items():
         torch.testing.assert_close(out[True][1][k], v, rtol=0, atol=1e-9)
     torch.testing.assert_close(out[True][2], out[False][2], rtol=0, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ chunked meta-gradients
+
+@pytest.mark.parametrize("kind", ["second", "first", "metasgd", "anil"])
+@pytest.mark.parametrize("path", PATHS)
+def test_chunked_meta_backward_gives_the_one_backward_gradient(f64, path, kind):
+    model, ep = _model(), _episodes()
+    cfg = InnerLoop(steps=2, lr=0.3, first_order=kind == "first", head_only=kind == "anil")
+    g = torch.Generator().manual_seed(3)
+    lrs0 = ({k: 0.005 + 0.095 * torch.rand(v.shape, generator=g) for k, v in model.named_parameters()}
+            if kind == "metasgd" else None)
+    grads, losses = {}, {}
+    for chunk in (0, 1, 2):  # 2 does not divide T = 3: a short last chunk
+        theta = _leaves(model)
+        lrs = {k: v.clone().requires_grad_() for k, v in lrs0.items()} if lrs0 else None
+        losses[chunk] = meta_backward(model, theta, *ep, cfg, lrs, path, chunk)
+        grads[chunk] = [v.grad for v in theta.values()] + ([v.grad for v in lrs.values()] if lrs else [])
+        assert not losses[chunk].requires_grad and losses[chunk].shape == (T,)
+    for chunk in (1, 2):
+        torch.testing.assert_close(losses[chunk], losses[0], rtol=1e-12, atol=0)
+        _grads_close(grads[chunk], grads[0], tol=1e-12)
+
+
+def test_meta_grad_chunk_option_trains_like_one_backward(f64):
+    sx, sy, qx, qy = _episodes()
+    after = {}
+    for chunk in (0, 1):
+        alg = MAML()
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                             MAML.resolve_options({"path": "loop", "hidden": 8, "meta_grad_chunk": chunk})))
+        loss = alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), 0)
+        after[chunk] = (loss, {k: v.detach().clone() for k, v in alg.params.items()})
+    assert after[1][0] == pytest.approx(after[0][0], rel=1e-12)
+    for k, v in after[0][1].items():
+        torch.testing.assert_close(after[1][1][k], v, rtol=0, atol=1e-9)

@@ -3,10 +3,12 @@ Reptile), written on ``torch.func``.
 
 A model's parameters are a plain dict ``{name: tensor}`` run through ``functional_call``; one task's
 adaptation is a pure function of (parameters, support set), so the same function runs over the tasks
-of a meta-batch either vectorised with ``vmap`` (``path="batched"``) or in a Python loop
-(``path="loop"``). Second order (MAML) differentiates through the inner updates simply by not
-detaching anything; first order (FOMAML, Reptile) evaluates the inner gradients at detached
-parameters, so they carry no graph back to the meta-parameters.
+of a meta-batch either vectorised with ``vmap`` (``path="batched"``), in a Python loop
+(``path="loop"``), or, for the Conv-4 :class:`MetaModel`, with the tasks folded into grouped convolutions
+(``path="grouped"``, :mod:`metabench.toolkit.grouped`: plain autograd, fused batch norm). Second order
+(MAML) differentiates through the inner updates simply by not detaching anything; first order (FOMAML,
+Reptile) evaluates the inner gradients at detached parameters, so they carry no graph back to the
+meta-parameters.
 
 Batch norm is per task, with that task's batch statistics (``track_running_stats=False``, as in the
 MAML reference code): there are no running buffers, so nothing is updated in place and ``vmap`` is
@@ -26,10 +28,11 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from metabench.contracts import PluginError
+from metabench.toolkit import grouped
 from metabench.toolkit.nets import Conv4
 
 Params = dict[str, torch.Tensor]
-PATHS = ("auto", "batched", "loop")
+PATHS = ("auto", "batched", "loop", "grouped")
 
 
 _ELEMENTARY_BN: contextvars.ContextVar[bool] = contextvars.ContextVar("metabench_elementary_bn", default=False)
@@ -109,11 +112,12 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_path(path: str, device: torch.device | str) -> str:
-    """``"batched"`` or ``"loop"`` for ``path`` on ``device``.
+    """``"batched"``, ``"loop"`` or ``"grouped"`` for ``path`` on ``device``.
 
     ``auto`` comes from measurement (``metabench bench``; the figures are in ``benchmarks/results/README.md``):
     on CPU the per-task loop, since ``vmap`` wins there only on the smallest tasks and not for every learner;
-    on CUDA the batched path, where one launch serves every task of the meta-batch.
+    on CUDA the batched path, where one launch serves every task of the meta-batch. ``grouped`` is chosen
+    only explicitly until it is measured.
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -184,6 +188,55 @@ def task_query(model: nn.Module, params: Params, lrs: Params | None, support_x: 
     return loss, logits
 
 
+def adapt_grouped(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,
+                  lrs: Params | None = None) -> tuple[Params, torch.Tensor]:
+    """:func:`adapt` for every task of a meta-batch at once on the grouped forward: ``x`` ``[T, S, C, H, W]``,
+    ``y`` ``[T, S]`` (``[T, steps, B, ...]`` with ``cfg.minibatches``) from the shared ``params``; returns
+    the adapted parameters stacked ``[T, *shape]`` (all of ``params``) and the last support losses ``[T]``.
+
+    The inner gradient is that of the sum of the task losses w.r.t. the stacked parameters: task ``t``'s
+    parameters reach only task ``t``'s loss, so its slice is that task's own gradient.
+    """
+    tasks, blocks = y.shape[0], model.backbone.blocks
+    stacked = grouped.stack_shared(params, tasks)
+    if cfg.head_only:
+        x = grouped.backbone(blocks, _sub(stacked, "backbone.blocks."), x)
+        prefix = "head."
+
+        def forward(p: Params, xb: torch.Tensor) -> torch.Tensor:
+            return grouped.head(p, xb)
+    else:
+        prefix = ""
+
+        def forward(p: Params, xb: torch.Tensor) -> torch.Tensor:
+            return grouped_logits(model, p, xb)
+    fast = _sub(stacked, prefix)
+    if cfg.first_order:
+        x = x.detach()
+
+    def loss_fn(p: Params, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = grouped.task_losses(forward(p, xb), yb)
+        return losses.sum(), losses.detach()
+
+    grad_fn = grad_and_value(loss_fn, has_aux=True)
+    state = {"m": {k: torch.zeros_like(v) for k, v in fast.items()},
+             "v": {k: torch.zeros_like(v) for k, v in fast.items()}} if cfg.optimizer == "adam" else {}
+    loss = x.new_zeros(tasks)
+    for i in range(cfg.steps):
+        xb, yb = (x[:, i], y[:, i]) if cfg.minibatches else (x, y)
+        point = {k: v.detach() for k, v in fast.items()} if cfg.first_order else fast
+        g, (_, loss) = grad_fn(point, xb, yb)
+        fast = _update(fast, g, lrs, cfg.lr, cfg, state, i, prefix)
+    return {**stacked, **{prefix + k: v for k, v in fast.items()}}, loss
+
+
+def grouped_logits(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``[T, M, ways]`` of :class:`MetaModel` with per-task ``params`` ``[T, *shape]`` on ``x``
+    ``[T, M, C, H, W]`` (:mod:`metabench.toolkit.grouped`)."""
+    feats = grouped.backbone(model.backbone.blocks, _sub(params, "backbone.blocks."), x)
+    return grouped.head(_sub(params, "head."), feats)
+
+
 def over_tasks(fn: Callable[..., Any], shared: tuple, per_task: tuple, path: str,
                second_order: bool = True) -> Any:
     """``fn(*shared, *task_slices)`` for every task (dim 0 of each ``per_task`` tensor), outputs stacked.
@@ -221,6 +274,11 @@ def meta_batch_query(model: nn.Module, params: Params, support_x: torch.Tensor, 
 
     Differentiable w.r.t. ``params`` (and ``lrs``): the mean loss is the MAML meta-objective.
     """
+    if path == "grouped":
+        phi, _ = adapt_grouped(model, params, support_x, support_y, cfg, lrs)
+        logits = grouped_logits(model, phi, query_x)
+        losses = grouped.task_losses(logits, query_y) if query_y is not None else logits.new_zeros(len(logits))
+        return losses, logits
     if query_y is None:
         def fn(p, lr, sx, sy, qx):
             return task_query(model, p, lr, sx, sy, qx, None, cfg)
@@ -229,6 +287,32 @@ def meta_batch_query(model: nn.Module, params: Params, support_x: torch.Tensor, 
     def fn(p, lr, sx, sy, qx, qy):
         return task_query(model, p, lr, sx, sy, qx, qy, cfg)
     return over_tasks(fn, (params, lrs), (support_x, support_y, query_x, query_y), path, not cfg.first_order)
+
+
+def meta_backward(model: nn.Module, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor, cfg: InnerLoop, lrs: Params | None = None,
+                  path: str = "loop", chunk: int = 0) -> torch.Tensor:
+    """Backpropagate the meta-objective, the mean query loss of the ``T`` tasks, into the ``.grad`` of
+    ``params`` (and ``lrs``); return the detached per-task losses ``[T]``.
+
+    ``chunk = 0`` (or ``>= T``): one forward and one backward over the whole meta-batch, every task's graph
+    alive at once. ``chunk = k``: ``k`` tasks at a time, each chunk's loss sum / ``T`` backpropagated and
+    accumulated: the same gradient up to round-off (the task sums are added in another order), with the
+    memory of ``k`` tasks' graphs.
+    """
+    tasks = support_y.shape[0]
+    if chunk <= 0 or chunk >= tasks:
+        losses, _ = meta_batch_query(model, params, support_x, support_y, query_x, query_y, cfg, lrs, path)
+        losses.mean().backward()
+        return losses.detach()
+    out = []
+    for s in range(0, tasks, chunk):
+        part = slice(s, s + chunk)
+        losses, _ = meta_batch_query(model, params, support_x[part], support_y[part], query_x[part],
+                                     query_y[part], cfg, lrs, path)
+        (losses.sum() / tasks).backward()
+        out.append(losses.detach())
+    return torch.cat(out)
 
 
 def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
@@ -247,6 +331,8 @@ def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, su
 def meta_batch_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,
                      path: str = "loop") -> tuple[Params, torch.Tensor]:
     """Adapted parameters of every task (each ``[T, *shape]``) and the last inner losses ``[T]``."""
+    if path == "grouped":
+        return adapt_grouped(model, params, x, y, cfg)
 
     def fn(p, xt, yt):
         return adapt(model, p, xt, yt, cfg, None, with_loss=True)

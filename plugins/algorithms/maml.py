@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_batch_query,
+from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_backward,
                                   predict_logits, resolve_path)
 from metabench.seeding import derive_seed, seeded
 
@@ -26,7 +26,8 @@ class MAML(Algorithm):
     paper = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep " \
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
-                "first_order": False, "path": "auto", "hidden": 64, "channels_last": False}
+                "first_order": False, "path": "auto", "hidden": 64, "channels_last": False,
+                "meta_grad_chunk": 0}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
@@ -43,6 +44,7 @@ class MAML(Algorithm):
             self.lrs = self.make_lrs(ctx)
         # channels-last: off by default so records stay comparable (measurements: benchmarks/results/README.md)
         self.channels_last = bool(o["channels_last"])
+        self.chunk = int(o["meta_grad_chunk"])
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         fo, lr = bool(o["first_order"]), float(o.get("inner_lr", 0.0))  # Meta-SGD has no inner_lr
@@ -65,14 +67,15 @@ class MAML(Algorithm):
         return None
 
     def train_step(self, batch: EpisodeBatch, step: int) -> float:
-        """One Adam step on the mean query loss after adapting to each task's support set."""
-        losses, _ = meta_batch_query(self.model, self.params, self.layout(batch.support_x), batch.support_y,
-                                     self.layout(batch.query_x), batch.query_y, self.train_loop, self.lrs, self.path)
-        loss = losses.mean()
+        """One Adam step on the mean query loss after adapting to each task's support set; option
+        ``meta_grad_chunk`` = k > 0 backpropagates k tasks at a time (less memory, same gradient up to
+        round-off; 0: one backward over the meta-batch)."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = meta_backward(self.model, self.params, self.layout(batch.support_x), batch.support_y,
+                               self.layout(batch.query_x), batch.query_y, self.train_loop, self.lrs, self.path,
+                               self.chunk)
         self.opt.step()
-        return loss.item()
+        return losses.mean().item()
 
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits ``[T, N*Q, ways]`` after ``test_inner_steps`` steps on each support set."""

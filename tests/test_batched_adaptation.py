@@ -1,0 +1,60 @@
+"""Test-time adaptation of a whole evaluation batch at once (paths ``batched`` and ``grouped``) predicts what
+adapting episode by episode predicts, in float64, for every gradient-based learner; and builds no graph."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metabench import RunContext
+from metabench_plugins.algorithms.anil import ANIL
+from metabench_plugins.algorithms.fomaml import FOMAML
+from metabench_plugins.algorithms.maml import MAML
+from metabench_plugins.algorithms.metasgd import MetaSGD
+from metabench_plugins.algorithms.reptile import Reptile
+
+T, N, K, Q, SHAPE = 4, 3, 2, 3, (1, 8, 8)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _episodes():
+    g = torch.Generator().manual_seed(5)
+    sx, qx = torch.rand(T, N * K, *SHAPE, generator=g), torch.rand(T, N * Q, *SHAPE, generator=g)
+    return sx, torch.arange(N).repeat_interleave(K).repeat(T, 1), qx
+
+
+def _alg(cls, path: str):
+    extra = {"test_inner_steps": 6, "test_inner_batch": 3} if cls is Reptile else {"test_inner_steps": 3}
+    alg = cls()
+    alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                         cls.resolve_options({"path": path, "hidden": 8, **extra})))
+    return alg
+
+
+@pytest.mark.parametrize("cls", [MAML, FOMAML, MetaSGD, ANIL, Reptile])
+def test_batched_adaptation_predicts_the_per_episode_logits(f64, cls):
+    sx, sy, qx = _episodes()
+    ref_alg = _alg(cls, "loop")
+    ref = ref_alg.predict(sx, sy, qx, N)  # the loop adapts episode by episode
+    if cls is not Reptile:  # Reptile's minibatches depend on how many episodes one call draws for
+        one_by_one = torch.cat([ref_alg.predict(sx[t:t + 1], sy[t:t + 1], qx[t:t + 1], N) for t in range(T)])
+        torch.testing.assert_close(one_by_one, ref, rtol=0, atol=0)
+    for path in ("batched", "grouped"):
+        alg = _alg(cls, path)
+        with torch.no_grad():
+            got = alg.predict(sx, sy, qx, N)
+        assert got.shape == (T, N * Q, N) and not got.requires_grad
+        assert all(p.grad is None for p in alg.params.values())
+        # Adam (Reptile) turns the round-off left in the exactly-zero gradients of the conv biases before
+        # batch norm into steps up to lr/eps = 1e5 times larger: agreement to 1e-7 of the scale, not 1e-10
+        tol = 1e-7 if cls is Reptile else 1e-10
+        torch.testing.assert_close(got, ref, rtol=0, atol=tol * float(ref.abs().max()))
+        assert torch.equal(got.argmax(-1), ref.argmax(-1))
