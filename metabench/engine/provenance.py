@@ -16,9 +16,10 @@ record's provenance still matches the code and data there are now (a record that
   (it has no provenance: made before metabench recorded it) or ``unverified`` (today's plugin or data
   cannot be loaded, so nothing can be said).
 
-A record's ``provenance`` is ``{"data_digest": ..., "plugins": {kind: {"name", "version", "code_digest"}}}``.
-A record is stale when its data digest or a plugin's code digest differs from today's; a version alone
-does not make it stale (a version bump without a code change changes no number).
+A record's ``provenance`` is ``{"data_digest": ..., "plugins": {kind: {"name", "version", "code_digest"}}}``
+(a cross-domain run, scored on another dataset's test split, also has ``test_data_digest`` and a
+``test_dataset`` plugin). A record is stale when a data digest or a plugin's code digest differs from
+today's; a version alone does not make it stale (a version bump without a code change changes no number).
 """
 from __future__ import annotations
 
@@ -160,6 +161,8 @@ def stale_reasons(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
     out = []
     if recorded.get("data_digest") != current["data_digest"]:
         out.append("the data changed")
+    if recorded.get("test_data_digest") != current.get("test_data_digest"):
+        out.append("the test data changed")
     was = recorded.get("plugins") or {}
     for kind, now in current["plugins"].items():
         if (was.get(kind) or {}).get("code_digest") != now["code_digest"]:
@@ -176,9 +179,20 @@ class Fingerprints:
         self.registry, self.load = registry, load
         self._data: dict[str, str | Exception] = {}
 
+    @staticmethod
+    def _key(entry: str, options: dict[str, Any]) -> str:
+        return json.dumps([base_name(entry), options], sort_keys=True, default=str)
+
+    def note(self, entry: str, options: dict[str, Any], data: ImageSet) -> None:
+        """Digest ``data``, dataset ``entry`` just loaded with ``options`` elsewhere (by the runner), unless
+        it is known: each load is digested once, while its tensors are at hand."""
+        key = self._key(entry, options)
+        if not isinstance(self._data.get(key), str):
+            self._data[key] = data_digest(data)
+
     def data(self, entry: str, options: dict[str, Any]) -> str:
         """The data digest of dataset ``entry`` loaded with ``options`` (raises what loading raised)."""
-        key = json.dumps([base_name(entry), options], sort_keys=True, default=str)
+        key = self._key(entry, options)
         if key not in self._data:
             try:
                 self._data[key] = data_digest(self.load(entry, options))
@@ -192,12 +206,18 @@ class Fingerprints:
     def current(self, config: dict[str, Any]) -> dict[str, Any]:
         """The ``provenance`` a run of ``config`` (a record's, options resolved) gets now; raises if a plugin
         is unknown or the dataset cannot be loaded."""
+        options = config.get("options") or {}
+        test = config.get("test_dataset") or config["dataset"]
+        roles = [(kind, kind, config[kind]) for kind in KINDS]
+        roles += [("test_dataset", "dataset", test)] if test != config["dataset"] else []
         plugins = {}
-        for kind in KINDS:
-            info = self.registry.get(kind, base_name(config[kind]))
-            plugins[kind] = {"name": info.name, "version": info.version, "code_digest": plugin_code_digest(info.cls)}
-        options = (config.get("options") or {}).get(config["dataset"]) or {}
-        return {"data_digest": self.data(config["dataset"], options), "plugins": plugins}
+        for role, kind, entry in roles:
+            info = self.registry.get(kind, base_name(entry))
+            plugins[role] = {"name": info.name, "version": info.version, "code_digest": plugin_code_digest(info.cls)}
+        out = {"data_digest": self.data(config["dataset"], options.get(config["dataset"]) or {}), "plugins": plugins}
+        if test != config["dataset"]:  # cross-domain: scored on another dataset's test split
+            out["test_data_digest"] = self.data(test, options.get(test) or {})
+        return out
 
     def staleness(self, record: dict[str, Any]) -> tuple[str, list[str]]:
         """``(verdict, reasons)`` for a record: ``fresh``; ``stale`` and what changed; ``unknown`` (no

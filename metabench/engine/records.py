@@ -9,7 +9,8 @@ import jsonschema
 
 from metabench.atomic import write_atomic
 
-SCHEMA_VERSION = 3  # 3: one training, an evaluation per test protocol; 2 is migrated on read; 1 is refused
+SCHEMA_VERSION = 3  # 3: one training, an evaluation per test protocol (optional provenance and isolation, added
+#                    without a version change: older version-3 records stay valid); 2 is migrated on read; 1 is refused
 _MIGRATED = (2,)
 
 _NUM = {"type": ["number", "null"]}
@@ -37,6 +38,15 @@ _EVALUATION = {"type": "object", "required": ["ways", "shots", "queries", "metri
                               "queries": {"type": "integer", "minimum": 1}, "metrics": _OK_METRICS,
                               "speed": {"type": "object", "required": ["eval_s", "eval_tasks_per_s"],
                                         "properties": {"eval_s": _NUM, "eval_tasks_per_s": _NUM}}}}
+
+# what the run read and ran (metabench.engine.provenance); optional: records made before it have none
+_DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_PROVENANCE = {"type": "object", "required": ["data_digest", "plugins"],
+               "properties": {"data_digest": _DIGEST, "test_data_digest": _DIGEST,
+                              "plugins": {"type": "object", "additionalProperties": {
+                                  "type": "object", "required": ["name", "code_digest"],
+                                  "properties": {"name": {"type": "string"}, "version": {"type": ["string", "null"]},
+                                                 "code_digest": _DIGEST}}}}}
 
 RECORD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -70,6 +80,10 @@ RECORD_SCHEMA: dict[str, Any] = {
                   "properties": {k: _NUM for k in ("meta_train_tasks_per_s", "eval_tasks_per_s",
                                                    "wall_s", "peak_mem_mb")}},
         "environment": {"type": "object", "required": ["metabench", "python", "torch", "device"]},
+        "provenance": _PROVENANCE,
+        "isolation": {"type": "object", "properties": {"sealed": {"type": "boolean"},
+                                                       "checked": {"type": "boolean"},
+                                                       "code_digest": {"type": ["string", "null"]}}},
     },
     "if": {"properties": {"status": {"const": "ok"}}},
     "then": {"properties": {"evaluations": {"minItems": 1}}},

@@ -1,4 +1,5 @@
-"""What happens to one run, decided in one place: skipped (its ``ok`` record exists), ok, or failed.
+"""What happens to one run, decided in one place: skipped (its ``ok`` record exists and is not stale), ok,
+or failed.
 
 Every executor goes through :func:`done_outcome` to skip a finished run, and every ``failed`` record,
 whether a plugin raised inside the run (:func:`run_one`) or a supervisor saw the run's worker die or
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metabench.engine import checkpoint, environment, memory
-from metabench.engine.records import SCHEMA_VERSION, read_ok_record, write_record
+from metabench.engine.records import SCHEMA_VERSION, RecordError, read_record, write_record
 from metabench.engine.runner import RunFailure, SuiteRunner
 from metabench.engine.suite import RunSpec
 
@@ -29,13 +30,43 @@ class RunOutcome:
     record: dict[str, Any] | None = None
 
 
-def done_outcome(runner: SuiteRunner, spec: RunSpec) -> RunOutcome | None:
-    """A ``skipped`` outcome if ``spec``'s ``ok`` record exists and the runner does not ``force``; None
-    when the run must run (no record, a failed or corrupt one)."""
+@dataclass
+class Existing:
+    """The record already at a run's path, judged: ``record`` is an ``ok`` record to keep (the run is
+    skipped), else None (the run runs); ``replaces`` says why a record there is replaced (corrupt, another
+    schema version, stale), None when nothing is or a ``failed`` record is simply retried; ``verdict`` is
+    the kept record's provenance verdict (:meth:`metabench.engine.provenance.Fingerprints.staleness`)."""
+
+    record: dict[str, Any] | None = None
+    replaces: str | None = None
+    verdict: str | None = None
+
+
+def existing(runner: SuiteRunner, spec: RunSpec) -> Existing:
+    """Judge the record at ``spec``'s path. An ``ok`` record is kept when it is fresh, when it has no
+    provenance (made before metabench recorded it: ``unknown``, kept unless ``--force``) and when today's
+    plugins or data cannot be loaded to tell (``unverified``); a stale one is replaced."""
     path = runner.record_path(spec)
-    if not runner.settings.force and (rec := read_ok_record(path)) is not None:
-        return RunOutcome(spec.run_id, "skipped", path, record=rec)
-    return None
+    try:
+        rec = read_record(path)
+    except FileNotFoundError:
+        return Existing()
+    except (OSError, RecordError) as exc:
+        return Existing(replaces=str(exc) if isinstance(exc, RecordError) else f"{path}: unreadable ({exc})")
+    if rec["status"] != "ok":
+        return Existing()
+    verdict, reasons = runner.fingerprints.staleness(rec)
+    if verdict == "stale":
+        return Existing(replaces=f"{path}: stale record ({'; '.join(reasons)})", verdict=verdict)
+    return Existing(rec, verdict=verdict)
+
+
+def done_outcome(runner: SuiteRunner, spec: RunSpec) -> RunOutcome | None:
+    """A ``skipped`` outcome if ``spec``'s record is one to keep (:func:`existing`) and the runner does not
+    ``force``; None when the run must run (no record, a failed, corrupt, other-version or stale one)."""
+    if runner.settings.force or (rec := existing(runner, spec).record) is None:
+        return None
+    return RunOutcome(spec.run_id, "skipped", runner.record_path(spec), record=rec)
 
 
 def failed_record(runner: SuiteRunner, spec: RunSpec, plugin: str | None, error: str, wall_s: float,

@@ -1,8 +1,9 @@
-"""Writes every leaderboard file from the records; pure functions of the records: the same records always
-give the same bytes."""
+"""Writes every leaderboard file from the records; pure functions of the records (and of which of them are
+stale): the same records always give the same bytes."""
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from metabench.engine.records import views
@@ -12,13 +13,15 @@ from metabench.report.reproduction import render_reproduction, resolve_claims
 from metabench.report.summary import summarize
 
 
-def write_leaderboard(records: list[dict[str, Any]], out_dir: Path, registry: Any = None) -> list[Path]:
+def write_leaderboard(records: list[dict[str, Any]], out_dir: Path, registry: Any = None,
+                      stale: Collection[str] = ()) -> list[Path]:
     """Write ``README.md``, ``leaderboard.csv``, ``index.html`` (the same tables with plots, self-contained)
     and ``REPRODUCTION.md`` (the plugins' published numbers beside ours; ``registry`` gives the plugins, None
-    discovers the installed ones) into ``out_dir``; returns the paths written."""
+    discovers the installed ones) into ``out_dir``; returns the paths written. ``stale``: the run ids of
+    records judged stale against today's code and data, marked so (:mod:`metabench.report.marks`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = views(sorted(records, key=lambda r: r["run_id"]))
-    df = summarize(records)
+    df = summarize(records, stale)
     failed = [r for r in records if r["status"] == "failed"]
     md_path, csv_path = out_dir / "README.md", out_dir / "leaderboard.csv"
     md_path.write_text(render_markdown(df, failed, len(records)), encoding="utf-8")

@@ -78,7 +78,7 @@ def reproduction_rows(df: pd.DataFrame, claims: list[SourcedClaim]) -> tuple[lis
             rows.append({"source": sc.source, "claim": c, "algorithm": r.algorithm,
                          "task_generator": r.task_generator, "queries": int(r.queries), "suite": r.suite,
                          "config_hash": r.config_hash, "seeds": int(r.seeds), "steps": int(r.steps),
-                         "meta_batch": int(r.meta_batch), "ours": ours, "ours_ci": ours_ci, "gap": gap,
+                         "meta_batch": int(r.meta_batch), "marks": r.marks, "ours": ours, "ours_ci": ours_ci, "gap": gap,
                          "bound": bound, "within": abs(gap) <= bound})
     return rows, missing
 
@@ -96,7 +96,7 @@ def render_reproduction(df: pd.DataFrame, claims: list[SourcedClaim], n_records:
            "leaderboard's accuracy (%) ± 95% CI (over test episodes for one seed, Student-t over seeds). Gap: "
            "ours − paper in points. Within CI: |gap| ≤ √(CI paper² + CI ours²), the two intervals combined (a "
            "paper without an interval contributes 0). Protocols can differ from the paper's (queries, budget, "
-           "backbone, embedding): see each claim's note and the suite.", "",
+           "backbone, embedding): see each claim's note and the suite. Marks: as on the leaderboard.", "",
            f"{matched} of {len(claims)} claim(s) have matching records; "
            f"{sum(r['within'] for r in rows)} of {len(rows)} comparison(s) are within the combined CI.", ""]
     sections: dict[tuple, list[dict]] = {}
@@ -109,10 +109,10 @@ def render_reproduction(df: pd.DataFrame, claims: list[SourcedClaim], n_records:
                   _fmt(r["claim"].value, r["claim"].ci), _fmt(r["ours"], r["ours_ci"]), f"{r['gap']:+.2f}",
                   ("yes" if r["within"] else "no") + f" (±{r['bound']:.2f})", r["queries"], r["seeds"],
                   f"{r['steps']} × {r['meta_batch']}", f"{r['suite']} ({r['config_hash']})",
-                  r["claim"].note or "–"] for r in rs]
+                  r["claim"].note or "–", r["marks"] or "–"] for r in rs]
         out.append(tabulate(table, headers=["Plugin", "Paper", "Algorithm", "Task generator", "Paper (%)",
                                             "Ours (%)", "Gap (pts)", "Within CI", "Queries", "Seeds",
-                                            "Steps × tasks", "Suite (config)", "Note"],
+                                            "Steps × tasks", "Suite (config)", "Note", "Marks"],
                             tablefmt="github", disable_numparse=True))
         out.append("")
     if missing:

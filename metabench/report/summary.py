@@ -6,18 +6,21 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
 from scipy import stats
 
 from metabench.engine.records import views
+from metabench.report.marks import join_marks, record_marks
 
 CLUSTER_METRICS = ("nmi", "ari", "cluster_acc", "own_nmi", "own_ari", "own_cluster_acc")
 COLUMNS = ["dataset", "ways", "shots", "queries", "suite", "algorithm", "task_generator", "accuracy_mean",
            "accuracy_ci95", "nmi", "nmi_ci95", "ari", "ari_ci95", "cluster_acc", "cluster_acc_ci95", "own_nmi",
            "own_nmi_ci95", "own_ari", "own_ari_ci95", "own_cluster_acc", "own_cluster_acc_ci95", "seeds",
-           "test_episodes", "steps", "meta_batch", "meta_train_tasks_per_s", "eval_tasks_per_s", "config_hash"]
+           "test_episodes", "steps", "meta_batch", "meta_train_tasks_per_s", "eval_tasks_per_s", "config_hash",
+           "marks"]
 
 
 def _config_hash(config: dict[str, Any]) -> str:
@@ -35,8 +38,9 @@ def _ci_over_seeds(means: list[float], cis: list[float]) -> float:
     return float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
 
 
-def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (dataset, protocol, suite, algorithm, task generator, config), aggregated over seeds."""
+def summarize(records: list[dict[str, Any]], stale: Collection[str] = ()) -> pd.DataFrame:
+    """One row per (dataset, protocol, suite, algorithm, task generator, config), aggregated over seeds;
+    ``marks`` (:mod:`metabench.report.marks`) from the records and ``stale``, the run ids judged stale."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in views(records):
         if r["status"] != "ok":
@@ -66,7 +70,8 @@ def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
                          accuracy_ci95=_ci_over_seeds(means, cis), **clustering, seeds=len(recs),
                          test_episodes=recs[0]["metrics"]["test_episodes"], steps=b["steps"],
                          meta_batch=b["meta_batch"], meta_train_tasks_per_s=avg("meta_train_tasks_per_s"),
-                         eval_tasks_per_s=avg("eval_tasks_per_s"), config_hash=key[7]))
+                         eval_tasks_per_s=avg("eval_tasks_per_s"), config_hash=key[7],
+                         marks=join_marks(record_marks(r, r["run_id"] in stale) for r in recs)))
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
@@ -90,8 +95,8 @@ HEADER_NOTE = ("Accuracy is the mean query accuracy over the fixed test episodes
                "the same tasks (its `cluster`, a meta-learned clusterer), where it has one.")
 PAPER_NOTE = ("Each dataset first in the papers' layout, one column per test protocol (a model trained once is "
               "scored on every protocol it was tested on); † marks a cell whose entry has several "
-              "configurations there, the best shown. Then one table per protocol with every configuration, "
-              "clustering scores and throughput.")
+              "configurations there, the best shown, and (stale) a cell made from a stale record. Then one "
+              "table per protocol with every configuration, clustering scores, throughput and marks.")
 _CLUSTER_HEADERS = {"nmi": "NMI", "ari": "ARI", "cluster_acc": "Cluster acc.", "own_nmi": "Own NMI",
                     "own_ari": "Own ARI", "own_cluster_acc": "Own cluster acc."}
 
@@ -121,9 +126,10 @@ def protocol_tables(df: pd.DataFrame) -> list[ProtocolTable]:
             labels.append(alg)
             table.append([alg, r.task_generator, f"{100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_ci95:.2f}",
                           *clus, int(r.seeds), int(r.test_episodes), f"{int(r.steps)} × {int(r.meta_batch)}",
-                          _fmt_rate(r.meta_train_tasks_per_s), _fmt_rate(r.eval_tasks_per_s), r.suite])
+                          _fmt_rate(r.meta_train_tasks_per_s), _fmt_rate(r.eval_tasks_per_s), r.suite,
+                          r.marks or "–"])
         headers = ["Algorithm", "Task generator", "Accuracy (%)", *[_CLUSTER_HEADERS[m] for m in shown], "Seeds",
-                   "Test episodes", "Steps × tasks", "Train tasks/s", "Eval tasks/s", "Suite"]
+                   "Test episodes", "Steps × tasks", "Train tasks/s", "Eval tasks/s", "Suite", "Marks"]
         tables.append(ProtocolTable((ds, w, k, q), f"{ds} — {w}-way {k}-shot ({q} queries per class)", headers,
                                     table, labels, g))
     return tables
@@ -174,6 +180,8 @@ def paper_tables(df: pd.DataFrame) -> list[PaperTable]:
                 text = f"{100 * best.accuracy_mean:.2f} ± {100 * best.accuracy_ci95:.2f}"
                 if int(best.seeds) < most:
                     text += f" ({int(best.seeds)} seed{'s' if int(best.seeds) > 1 else ''})"
+                if "stale" in best.marks.split():
+                    text += " (stale)"
                 shown.append(text + (" †" if len(rs) > 1 else ""))
             rows.append((-len(accs), -sum(accs) / len(accs), alg, gen, suite, shown))
         rows.sort(key=lambda r: r[:5])
