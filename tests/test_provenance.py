@@ -1,4 +1,5 @@
-"""Provenance: digests of a run's data and plugin code, stale records re-run and marked."""
+"""Provenance: digests of a run's data and plugin code, stale records re-run and marked; what `metabench show`
+and `check-plugin` tell a plugin."""
 from __future__ import annotations
 
 import csv
@@ -247,3 +248,51 @@ def test_a_cross_domain_run_has_the_test_datasets_digest_and_plugin():
     assert fp.staleness({"config": config}) == ("unknown", [])
     broken = provenance.Fingerprints(discover(), lambda e, o: (_ for _ in ()).throw(FileNotFoundError("gone")))
     assert broken.staleness(record) == ("unverified", ["FileNotFoundError: gone"])
+
+
+# ---------------------------------------------------------------------------- show, check-plugin's context
+
+def test_show_prints_one_plugin_with_options_claims_and_code_digest(capsys):
+    assert main(["show", "protonet"]) == 0
+    out = capsys.readouterr().out
+    cls = discover().get("algorithm", "protonet").cls
+    assert out.startswith("protonet (algorithm)") and "  options:\n    backbone = \"conv4\"" in out
+    assert "omniglot 5-way 1-shot: 98.80% (Snell et al. 2017, Table 1)" in out
+    assert provenance.plugin_code_digest(cls) in out and "metabench_plugins.algorithms.protonet" in out
+    assert main(["show", "protonet", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["options"]["hidden"] == 64 and d["claims"] and d["code_digest"] == provenance.plugin_code_digest(cls)
+    assert main(["show", "protonett"]) == 2
+    assert "no plugin named 'protonett'; known: " in capsys.readouterr().err
+
+
+NAMED = '''
+from metabench import PluginError, hookimpl
+from metabench_plugins.generators.umtra import Umtra
+
+
+class Named(Umtra):
+    name = "named"
+
+    def setup(self, data, ctx):
+        if ctx.dataset != "digits":
+            raise PluginError(f"named: RunContext.dataset is {ctx.dataset!r}")
+        super().setup(data, ctx)
+
+
+@hookimpl
+def metabench_task_generators():
+    return [Named]
+'''
+
+
+def test_check_plugin_gives_a_generator_the_datasets_name_as_run_does(tmp_path, cache_dir):
+    from metabench.checks.conformance import _Battery, _check_contract, _check_generator, _reference_data
+
+    (tmp_path / "named.py").write_text(NAMED)
+    reg = discover([tmp_path])
+    digits = _reference_data(reg, tmp_path, cache_dir)
+    b, info = _Battery(), reg.get("task_generator", "named")
+    _check_generator(b, info, _check_contract(b, info, {}), digits, cache_dir)
+    result = {r.check: r for r in b.results}
+    assert digits.name == "digits" and result["setup"].ok, result["setup"].message

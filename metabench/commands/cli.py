@@ -1,4 +1,4 @@
-"""The ``metabench`` command: list plugins, run suites, build leaderboards, compare results, check and
+"""The ``metabench`` command: list and show plugins, run suites, build leaderboards, compare results, check and
 scaffold plugins, time algorithms. One module per command in :mod:`metabench.commands`."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from metabench.commands import (bench, check_plugin, compare, evaluate, leaderboard, list_plugins, new_plugin,
-                                run)
+                                run, show)
 
-COMMANDS = (list_plugins, run, leaderboard, compare, evaluate, check_plugin, new_plugin, bench)
+COMMANDS = (list_plugins, show, run, leaderboard, compare, evaluate, check_plugin, new_plugin, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
