@@ -76,6 +76,11 @@ def test_leaderboard_is_byte_identical_and_survives_a_corruptmake_record(tmp_pat
     md = outs[0]["README.md"].decode()
     assert "| maml" in md and "90.00 ± 1.00" in md and "| protonet" in md
     assert "## Failed runs" in md and "algorithm:broken" in md
+    # records made before provenance and sealed runs are marked so, in every rendering
+    assert "| no-provenance unsealed unchecked |" in md and "`no-provenance`" in md
+    assert outs[0]["leaderboard.csv"].decode().splitlines()[0].endswith(",config_hash,marks")
+    assert ",no-provenance unsealed unchecked\n" in outs[0]["leaderboard.csv"].decode()
+    assert "<td>no-provenance unsealed unchecked</td>" in outs[0]["index.html"].decode()
     assert main(["leaderboard", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb"),
                  "--strict"]) == 1
     recs, errors = load_records(tmp_path / "results")
