@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from metabench.execution.bench import run_bench, time_generators
+import pytest
+import torch
+
+from metabench.execution.bench import count_flops, resolve_algorithms, run_bench, synthetic_batch, time_generators
+from metabench.execution.gpu_check import gpu_check
 from metabench.commands.cli import main
 
 
@@ -22,14 +27,50 @@ def test_bench_json_has_the_documented_keys(capsys):
     assert {"algorithm", "path", "device", "ways", "shots", "meta_batch", "meta_train_tasks_per_s",
             "adapt_ms_per_task", "peak_mem_mb", "speedup_vs_reference"} <= set(row)
     assert row["meta_train_tasks_per_s"] > 0 and row["speedup_vs_reference"] is None
-    rows = run_bench(["anil"], "cpu", ways=3, shots=1, queries=2, meta_batch=2, repeats=1, warmup=1)
-    assert {r["path"] for r in rows} == {"loop", "batched", "auto"}
+    rows = run_bench(["anil"], "cpu", ways=3, shots=1, queries=2, meta_batch=2, repeats=1, warmup=1,
+                     image_shape=(1, 8, 8), options={"anil": {"hidden": 8, "meta_grad_chunk": 1}})
+    assert {r["path"] for r in rows} == {"loop", "batched", "grouped", "auto"}
     by_path = {r["path"]: r for r in rows}
     assert by_path["loop"]["speedup_vs_reference"] == 1.0 and by_path["loop"]["train_queries"] == 1
+    for r in rows:  # the loop's counted arithmetic over each path's own time
+        assert r["train_peak_mem_mb"] > 0 and r["adapt_peak_mem_mb"] > 0 and r["matmul_gflop_per_s"] > 0
+        assert 0 <= r["train_mem_over_start_mb"] <= r["train_peak_mem_mb"] and r["cuda_graph"] is False
+        assert r["train_gflop_per_s"] == pytest.approx(
+            by_path["loop"]["train_gflop_per_s"] * r["speedup_vs_reference"], rel=1e-9)
+        assert r["matmul_fraction"] == pytest.approx(r["train_gflop_per_s"] / r["matmul_gflop_per_s"])
+
+
+def test_flops_are_counted_on_the_loop_path():
+    batch = synthetic_batch(2, 3, 1, 1, (1, 8, 8), torch.device("cpu"))
+    for name in ("maml", "reptile"):
+        (cls,) = resolve_algorithms([name])
+        opts = {"hidden": 4, "test_inner_steps": 2}
+        flops = {p: count_flops(cls, torch.device("cpu"), batch, batch, 1, {**opts, "path": p})
+                 for p in ("loop", "grouped")}
+        assert flops["loop"] == flops["grouped"] and min(flops["loop"]) > 0
+
+
+def test_gpu_check_runs_on_cpu_and_writes_its_json(tmp_path, capsys):
+    report = gpu_check("cpu", ["maml", "reptile"], meta_batch=2, out_dir=tmp_path, ways=3, queries=1,
+                       repeats=1, warmup=1, image_shape=(1, 8, 8),
+                       options={"maml": {"hidden": 4}, "reptile": {"hidden": 4, "test_inner_steps": 2}})
+    assert report["device"] == "cpu" and report["device_name"]
+    assert report["variants_skipped"] == {"cuda-graph": "CUDA only"}
+    assert {(r["algorithm"], r["variant"], r["path"]) for r in report["rows"]} == {
+        (a, v, p) for a in ("maml", "reptile") for v in ("default", "bfloat16-autocast")
+        for p in ("loop", "grouped", "auto")}
+    assert set(report["summary"]["maml"]) == {"default", "bfloat16-autocast"}
+    assert json.loads(Path(report["file"]).read_text())["rows"] == json.loads(json.dumps(report["rows"]))
+    assert main(["bench", "--preset", "gpu", "--algorithms", "anil", "--option", "hidden=2", "--ways", "2",
+                 "--queries", "1", "--meta-batch", "2", "--repeats", "1", "--warmup", "1",
+                 "--out", str(tmp_path / "cli"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["file"]).parent == tmp_path / "cli" and {r["algorithm"] for r in out["rows"]} == {"anil"}
 
 
 def test_bench_option_reaches_the_algorithms_that_have_it(capsys):
-    tiny = ["--ways", "3", "--queries", "2", "--meta-batch", "2", "--repeats", "1", "--warmup", "1", "--json"]
+    tiny = ["--ways", "3", "--queries", "2", "--meta-batch", "2", "--repeats", "1", "--warmup", "1", "--json",
+            "--paths", "loop"]
     assert main(["bench", "--algorithms", "fomaml,protonet", "--option", "first_order=false", *tiny]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["algorithm"]: r["options"] for r in rows} == {"fomaml": {"first_order": False}, "protonet": {}}

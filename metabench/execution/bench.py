@@ -3,13 +3,22 @@
 Each algorithm is built as a run would build it and fed fixed synthetic meta-batches: meta-training
 batches with ``train_queries`` query images per class, adaptation episodes with ``queries``. After
 ``warmup`` untimed calls, ``repeats`` calls of ``train_step`` and of ``predict`` are timed one by one (the
-device is synchronised around each) and the medians are reported. An algorithm with a ``path`` option is
-timed on its per-task reference loop (``loop``) and on ``batched``; the ``auto`` row repeats the numbers of
-the path ``auto`` resolves to on this device. ``speedup_vs_reference`` is meta-training throughput
-relative to the ``loop`` row of the same algorithm, measured in the same invocation.
+device is synchronised around each) and the medians are reported, with the peak memory of each (reset before
+it). An algorithm with a ``path`` option is timed on its per-task reference loop (``loop``) and on the
+other paths asked for; the ``auto`` row repeats the numbers of the path ``auto`` resolves to on this device.
+``speedup_vs_reference`` is meta-training throughput relative to the ``loop`` row of the same algorithm,
+measured in the same invocation.
+
+Arithmetic rate: the floating-point operations of one ``train_step`` and one ``predict`` are counted once
+per algorithm on its ``loop`` path (``torch.utils.flop_counter``, which miscounts the weight gradients of
+grouped convolutions, the form ``vmap`` and ``grouped`` compute in), and every path's rate is that count
+over its own time: the same work, so the GFLOP/s compare like throughput. ``matmul_fraction`` divides it by
+the float32 matrix-multiply rate of the device timed in the same invocation (:func:`matmul_gflops`).
 """
 from __future__ import annotations
 
+import contextlib
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +65,26 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, w
     return statistics.median(times)
 
 
+def matmul_gflops(device: torch.device, repeats: int = 5, warmup: int = 2, n: int | None = None) -> float:
+    """The device's float32 matrix-multiply rate in GFLOP/s: median time of an ``n x n`` product (default
+    1024 on CPU, 8192 on CUDA), ``2 n^3`` operations."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    g = make_generator(derive_seed("bench-matmul"), "cpu")
+    a, b = (torch.rand(n, n, generator=g).to(device) for _ in range(2))
+    return 2 * n ** 3 / _median_seconds(lambda: a @ b, device, repeats, warmup) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
 def resolve_algorithms(algorithms: Sequence[str | type[Algorithm]] | None) -> list[type[Algorithm]]:
     """Algorithm classes for names (looked up in one plugin discovery) or classes (kept); ``None``: every
     installed algorithm with execution paths (an option ``path``: the gradient-based learners)."""
@@ -69,37 +98,108 @@ def resolve_algorithms(algorithms: Sequence[str | type[Algorithm]] | None) -> li
     return [a if isinstance(a, type) else reg.get("algorithm", a).cls for a in algorithms]
 
 
-def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
-                   queries: int, repeats: int, warmup: int,
-                   options: dict[str, Any] | None = None) -> dict[str, float]:
-    """Median meta-training tasks/s on ``batch``, adaptation ms/task on ``eval_batch`` and the peak memory
-    (:mod:`metabench.engine.memory`) of one configured algorithm."""
+def _build(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, queries: int,
+           options: dict[str, Any] | None) -> Algorithm:
     shots = batch.support_x.shape[1] // batch.ways
-    ctx = RunContext(device, derive_seed("bench", cls.name), batch.ways, shots, queries,
-                     tuple(batch.support_x.shape[2:]), cls.resolve_options(options))
+    alg = cls()
+    alg.setup(RunContext(device, derive_seed("bench", cls.name), batch.ways, shots, queries,
+                         tuple(batch.support_x.shape[2:]), cls.resolve_options(options)))
+    return alg
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def graphed_train_step(alg: Algorithm, batch: EpisodeBatch) -> Callable[[], Any]:
+    """One whole meta-training step of ``alg`` (the MAML family: ``step_losses`` and an Adam ``opt``) captured
+    in a CUDA graph on the fixed ``batch``; returns its replay. Adam is switched to ``capturable``."""
+    for group in alg.opt.param_groups:
+        group["capturable"] = True
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            alg.step_losses(batch)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        alg.step_losses(batch)
+    return graph.replay
+
+
+def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
+                   queries: int, repeats: int, warmup: int, options: dict[str, Any] | None = None,
+                   autocast: torch.dtype | None = None, cuda_graph: bool = False) -> dict[str, float]:
+    """Median meta-training tasks/s on ``batch`` and adaptation ms/task on ``eval_batch`` of one configured
+    algorithm, and the peak memory (:mod:`metabench.engine.memory`) of each, the meta-training one also above
+    what the built algorithm held before its first step (``train_mem_over_start_mb``: on CPU the peak is the
+    whole process's resident size, so this is the part a path's own tensors add); ``autocast``: run both under
+    ``torch.autocast`` to that dtype; ``cuda_graph``: time the replay of a captured meta-training step
+    (:func:`graphed_train_step`) where the device is CUDA and the algorithm has ``step_losses`` (the row's
+    ``cuda_graph`` says whether it was)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    memory.reset_peak(device)
-    alg = cls()
-    alg.setup(ctx)
+    alg = _build(cls, device, batch, queries, options)
     step = iter(range(10**9))
-    train_s = _median_seconds(lambda: alg.train_step(batch, next(step)), device, repeats, warmup)
-    adapt_s = _median_seconds(
-        lambda: alg.predict(eval_batch.support_x, eval_batch.support_y, eval_batch.query_x, eval_batch.ways),
-        device, repeats, warmup)
+    cuda_graph = cuda_graph and device.type == "cuda" and hasattr(alg, "step_losses")
+    memory.reset_peak(device)
+    start_mb = memory.peak_mb(device)
+    with _autocast(device, autocast):
+        train = graphed_train_step(alg, batch) if cuda_graph else lambda: alg.train_step(batch, next(step))
+        train_s = _median_seconds(train, device, repeats, warmup)
+        train_mb = memory.peak_mb(device)
+        memory.reset_peak(device)
+        adapt_s = _median_seconds(
+            lambda: alg.predict(eval_batch.support_x, eval_batch.support_y, eval_batch.query_x, eval_batch.ways),
+            device, repeats, warmup)
+        adapt_mb = memory.peak_mb(device)
     return {"meta_train_tasks_per_s": batch.tasks / train_s, "adapt_ms_per_task": 1000 * adapt_s / batch.tasks,
-            "peak_mem_mb": memory.peak_mb(device)}
+            "train_peak_mem_mb": train_mb, "adapt_peak_mem_mb": adapt_mb, "peak_mem_mb": max(train_mb, adapt_mb),
+            "train_mem_over_start_mb": train_mb - start_mb, "cuda_graph": cuda_graph}
+
+
+def count_flops(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
+                queries: int, options: dict[str, Any] | None = None) -> tuple[int, int]:
+    """Floating-point operations of one ``train_step`` on ``batch`` and one ``predict`` on ``eval_batch``,
+    counted on the ``loop`` path where the algorithm has one (see the module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    opts = {**(options or {}), **({"path": "loop"} if "path" in cls.defaults else {})}
+    alg = _build(cls, device, batch, queries, opts)
+    with FlopCounterMode(display=False) as train:
+        alg.train_step(batch, 0)
+    with FlopCounterMode(display=False) as adapt:
+        alg.predict(eval_batch.support_x, eval_batch.support_y, eval_batch.query_x, eval_batch.ways)
+    return train.get_total_flops(), adapt.get_total_flops()
+
+
+def _rates(m: dict[str, float], flops: tuple[int, int], tasks: int, matmul: float) -> dict[str, float]:
+    """GFLOP/s of meta-training and adaptation from the counted ``flops`` and the timings ``m``, and their
+    fractions of the ``matmul`` rate."""
+    train = flops[0] * m["meta_train_tasks_per_s"] / tasks / 1e9
+    adapt = flops[1] / (m["adapt_ms_per_task"] * tasks / 1000) / 1e9
+    return {"train_gflop_per_s": train, "adapt_gflop_per_s": adapt, "matmul_gflop_per_s": matmul,
+            "matmul_fraction": train / matmul, "adapt_matmul_fraction": adapt / matmul}
+
+
+PATHS = ("loop", "batched", "grouped")
 
 
 def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device | str, ways: int = 5,
               shots: int = 1, queries: int = 15, meta_batch: int = 32, repeats: int = 5, warmup: int = 2,
               image_shape: tuple[int, int, int] = (1, 28, 28),
               options: dict[str, dict[str, Any]] | None = None,
-              train_queries: int | None = None) -> list[dict[str, Any]]:
+              train_queries: int | None = None, paths: Sequence[str] = PATHS,
+              autocast: torch.dtype | None = None, cuda_graph: bool = False) -> list[dict[str, Any]]:
     """One row per (algorithm, path): the keys ``algorithm``, ``path``, ``device``, ``ways``, ``shots``,
     ``queries``, ``train_queries``, ``meta_batch``, ``meta_train_tasks_per_s``, ``adapt_ms_per_task``,
-    ``peak_mem_mb`` and ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option);
-    ``auto`` rows also carry ``resolves_to``.
+    ``train_peak_mem_mb``, ``adapt_peak_mem_mb``, ``peak_mem_mb`` (their maximum), ``train_mem_over_start_mb``,
+    ``cuda_graph``, ``variant``, ``train_gflop_per_s``,
+    ``adapt_gflop_per_s``, ``matmul_gflop_per_s``, ``matmul_fraction``, ``adapt_matmul_fraction`` and
+    ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option); ``auto`` rows also carry
+    ``resolves_to``. Paths timed: ``loop`` always, the other ``paths``, and what ``auto`` resolves to.
+    ``autocast`` and ``cuda_graph`` as in :func:`time_algorithm` (``variant`` names them in the rows).
 
     Meta-training steps see ``train_queries`` query images per class (default ``shots``: the K-shot,
     K-query meta-training batches of the MAML reference code for Omniglot); adaptation is timed on
@@ -110,23 +210,29 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     train_queries = shots if train_queries is None else train_queries
     batch = synthetic_batch(meta_batch, ways, shots, train_queries, image_shape, device)
     eval_batch = synthetic_batch(meta_batch, ways, shots, queries, image_shape, device)
+    matmul = matmul_gflops(device, repeats, warmup)
+    variant = "+".join(([f"{str(autocast).removeprefix('torch.')}-autocast"] if autocast is not None else [])
+                       + (["cuda-graph"] if cuda_graph else [])) or "default"
+    auto = resolve_path("auto", device)
+    timed = list(dict.fromkeys(("loop", *paths, auto)))
     rows: list[dict[str, Any]] = []
     for cls in resolve_algorithms(algorithms):
         extra = dict((options or {}).get(cls.name, {}))
         base = {"algorithm": cls.name, "device": str(device), "ways": ways, "shots": shots, "queries": queries,
-                "train_queries": train_queries, "meta_batch": meta_batch, "options": extra}
+                "train_queries": train_queries, "meta_batch": meta_batch, "options": extra, "variant": variant}
+        flops = count_flops(cls, device, batch, eval_batch, queries, extra)
 
         def measure(opts: dict[str, Any]) -> dict[str, float]:
-            return time_algorithm(cls, device, batch, eval_batch, queries, repeats, warmup, opts)
+            m = time_algorithm(cls, device, batch, eval_batch, queries, repeats, warmup, opts, autocast, cuda_graph)
+            return {**m, **_rates(m, flops, meta_batch, matmul)}
 
         if "path" not in cls.defaults:
             rows.append({**base, "path": "-", **measure(extra), "speedup_vs_reference": None})
             continue
-        measured = {p: measure({**extra, "path": p}) for p in ("loop", "batched")}
+        measured = {p: measure({**extra, "path": p}) for p in timed}
         ref = measured["loop"]["meta_train_tasks_per_s"]
         for p, m in measured.items():
             rows.append({**base, "path": p, **m, "speedup_vs_reference": m["meta_train_tasks_per_s"] / ref})
-        auto = resolve_path("auto", device)
         rows.append({**base, "path": "auto", **measured[auto], "resolves_to": auto,
                      "speedup_vs_reference": measured[auto]["meta_train_tasks_per_s"] / ref})
     return rows

@@ -6,7 +6,8 @@ order: it differentiates through the inner steps. Omniglot settings of the paper
 step for 5-way at training, three at test, Adam at 1e-3 on the meta-objective. Batch norm uses each
 task's batch statistics (no running averages), as in the reference code; query sets are normalised as
 one batch (the paper's transductive setting). The backbone here is the suite's Conv-4 with max-pooling
-(the paper's Omniglot network uses strided convolutions instead).
+(the paper's Omniglot network uses strided convolutions instead); option ``backbone = "resnet12"`` swaps in
+a ResNet-12 (:func:`metabench.toolkit.nets.backbone`) with the same per-task batch norm.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class MAML(Algorithm):
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
                 "first_order": False, "path": "auto", "hidden": 64, "channels_last": False,
-                "meta_grad_chunk": 0}
+                "meta_grad_chunk": 0, "backbone": "conv4"}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
@@ -39,8 +40,15 @@ class MAML(Algorithm):
     def setup(self, ctx: RunContext) -> None:
         """Build the model (seeded), the meta-parameters and the Adam meta-optimiser."""
         o = ctx.options
+        if o["backbone"] != "conv4" and o["path"] == "grouped":
+            raise PluginError(f"{self.name}: path 'grouped' folds Conv-4's convolutions; use another path "
+                              f"with backbone {o['backbone']!r}")
         with seeded(derive_seed(ctx.seed, "init")):
-            self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"])).to(ctx.device)
+            try:
+                self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"]),
+                                       backbone=str(o["backbone"])).to(ctx.device)
+            except ValueError as exc:
+                raise PluginError(f"{self.name}: {exc}") from None
             self.lrs = self.make_lrs(ctx)
         # channels-last: off by default so records stay comparable (measurements: benchmarks/results/README.md)
         self.channels_last = bool(o["channels_last"])
@@ -67,15 +75,19 @@ class MAML(Algorithm):
         return None
 
     def train_step(self, batch: EpisodeBatch, step: int) -> float:
-        """One Adam step on the mean query loss after adapting to each task's support set; option
-        ``meta_grad_chunk`` = k > 0 backpropagates k tasks at a time (less memory, same gradient up to
-        round-off; 0: one backward over the meta-batch)."""
+        """One Adam step on the mean query loss after adapting to each task's support set."""
+        return self.step_losses(batch).mean().item()
+
+    def step_losses(self, batch: EpisodeBatch) -> torch.Tensor:
+        """:meth:`train_step` without the host sync (CUDA-graph capturable): the per-task losses ``[T]``.
+        Option ``meta_grad_chunk`` = k > 0 backpropagates k tasks at a time (less memory, the same gradient
+        up to round-off); 0 is one backward over the meta-batch."""
         self.opt.zero_grad(set_to_none=True)
         losses = meta_backward(self.model, self.params, self.layout(batch.support_x), batch.support_y,
                                self.layout(batch.query_x), batch.query_y, self.train_loop, self.lrs, self.path,
                                self.chunk)
         self.opt.step()
-        return losses.mean().item()
+        return losses
 
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits ``[T, N*Q, ways]`` after ``test_inner_steps`` steps on each support set."""
