@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from metabench import Budget, EpisodeBatch, LabeledSplit, PluginError, RunContext
 from metabench.toolkit.episodes import EpisodeSampler
 from metabench.engine.evaluation import evaluate, fixed_episode_indices
+from metabench.toolkit import grouped
 from metabench.toolkit.inner_loop import InnerLoop, MetaModel, adapt, meta_backward, meta_batch_query, resolve_path
 from metabench.seeding import make_generator
 from metabench_plugins.algorithms.anil import ANIL
@@ -204,6 +205,14 @@ def test_reptile_outer_update_matches_reference(f64, path, optimizer):
     # times that, so its updates agree to 1e-8 of their scale instead of 1e-9 in float64.
     tol = 1e-9 if optimizer == "sgd" else 1e-7
     _grads_close([alg.params[k].detach() - theta[k] for k in theta], want, tol)  # the updates θ' - θ
+
+
+def test_grouped_path_refuses_layers_it_cannot_fold():
+    x = torch.zeros(2, 3, 1, 4, 4)
+    with pytest.raises(ValueError, match="Linear"):
+        grouped.backbone(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 4))), {}, x)
+    with pytest.raises(ValueError, match="blocks"):
+        grouped.backbone(torch.nn.ModuleList([torch.nn.Conv2d(1, 2, 3)]), {}, x)
 
 
 def test_paths_and_plugin_defaults():

@@ -39,6 +39,8 @@ def backbone(blocks: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor
     t, m = x.shape[:2]
     h = fold(x)
     for i, block in enumerate(blocks):
+        if not isinstance(block, nn.Sequential):
+            raise ValueError(f"the grouped path folds Conv-4's blocks of layers, not {type(block).__name__}")
         for j, layer in enumerate(block):
             pre = f"{i}.{j}."
             if isinstance(layer, nn.Conv2d):
