@@ -160,7 +160,6 @@ class SuiteRunner:
         with stage(f"dataset:{spec.dataset}"):
             data = self._dataset(spec.dataset, ds_opts)
             train = data.split("train").to(dev)
-            test = data.split("test").to(dev)
 
         with stage(f"task_generator:{spec.task_generator}"):
             generator: TaskGenerator = gen_info.cls()
@@ -201,10 +200,12 @@ class SuiteRunner:
             _sync(dev)
             train_s = resume.train_s + time.perf_counter() - t0
 
+        test, test_opts = self._test_split(spec, data, stage)
         evaluations = [self._evaluate(spec, t, algorithm, test, stage, desc) for t in p.tests]
         eval_s = sum(e["speed"]["eval_s"] for e in evaluations)
         config = spec.config()
-        config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts}
+        config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts,
+                             **({spec.test_dataset: test_opts} if spec.test_dataset != spec.dataset else {})}
         saved = {}
         if self.settings.save_models:
             with stage(f"algorithm:{spec.algorithm}"):
@@ -227,6 +228,20 @@ class SuiteRunner:
                       **({"resumed_from_step": resume.start} if resume.start else {})},
             "environment": environment.describe(dev),
         }
+
+    def _test_split(self, spec: RunSpec, data: ImageSet, stage: _Stage) -> tuple[LabeledSplit, dict[str, Any]]:
+        """The split the run is scored on and its dataset's options: the run's dataset's ``test`` split, or, for
+        a cross-domain protocol (``test_dataset``), that dataset's, whose images must have the same shape."""
+        if spec.test_dataset == spec.dataset:
+            with stage(f"dataset:{spec.dataset}"):
+                return data.split("test").to(self.settings.device), {}
+        _, opts = self.registry.resolve("dataset", spec.test_dataset, spec.options.get(spec.test_dataset))
+        with stage(f"dataset:{spec.test_dataset}"):
+            other = self._dataset(spec.test_dataset, opts)
+            if other.image_shape != data.image_shape:
+                raise PluginError(f"{spec.test_dataset}: images {other.image_shape} cannot test a model trained on "
+                                  f"{spec.dataset}'s {data.image_shape}; set its options (e.g. size) to match")
+            return other.split("test").to(self.settings.device), opts
 
     def _evaluate(self, spec: RunSpec, t: TestShape, algorithm: Any, test: LabeledSplit, stage: _Stage,
                   desc: str) -> dict[str, Any]:

@@ -22,6 +22,12 @@ Example::
     tests = [{ways = 5, shots = 1, queries = 15}, {ways = 5, shots = 5, queries = 15},
              {ways = 20, shots = 1, queries = 15}, {ways = 20, shots = 5, queries = 15}]
 
+    [[protocols]]                            # cross-domain: train on the suite's datasets, test on the
+    ways = 5                                 # test split of another dataset (same image shape: set its
+    shots = 5                                # options, e.g. [options.cifar_fs] size = 84)
+    queries = 15
+    test_dataset = "cub"
+
     [budget]
     steps = 2000                             # outer meta-training steps
     meta_batch = 1                           # tasks per step
@@ -113,6 +119,7 @@ class Protocol:
     train_shots: int
     train_queries: int
     more_tests: tuple[TestShape, ...] = ()
+    test_dataset: str = ""  # cross-domain: score on this dataset's test split ("": the run's own dataset)
 
     @property
     def tests(self) -> tuple[TestShape, ...]:
@@ -130,16 +137,19 @@ class Protocol:
                                           "train_queries")}
         if self.more_tests:
             d["tests"] = [asdict(t) for t in self.tests]
+        if self.test_dataset:
+            d["test_dataset"] = self.test_dataset
         return d
 
     @property
     def tag(self) -> str:
         """The protocol part of a run id: ``5w1s15q``; with several tests the training shape and the tests,
-        ``train20w1s5q-5w1s15q+5w5s15q``."""
+        ``train20w1s5q-5w1s15q+5w5s15q``; tested on another dataset, ``5w1s15q-on-cub``."""
+        on = f"-on-{self.test_dataset}" if self.test_dataset else ""
         if not self.more_tests:
-            return self.tests[0].tag
+            return self.tests[0].tag + on
         return (f"train{self.train_ways}w{self.train_shots}s{self.train_queries}q-"
-                + "+".join(t.tag for t in self.tests))
+                + "+".join(t.tag for t in self.tests) + on)
 
     def per_way(self) -> list["Protocol"]:
         """One protocol per test way count, trained at that way count (for algorithms whose model is sized
@@ -150,7 +160,7 @@ class Protocol:
         for w in dict.fromkeys(t.ways for t in self.tests):
             tests = [t for t in self.tests if t.ways == w]
             out.append(Protocol(w, tests[0].shots, tests[0].queries, w, self.train_shots, self.train_queries,
-                                tuple(tests[1:])))
+                                tuple(tests[1:]), self.test_dataset))
         return out
 
 
@@ -194,7 +204,12 @@ class RunSpec:
         """Seed of the episodes of ``test`` (default: the first test): they depend only on the dataset, the
         test protocol and the seed, so every generator, algorithm and training shape is scored on the same
         episodes (a paired comparison)."""
-        return episode_seed(self.dataset, test or self.protocol.tests[0], self.seed)
+        return episode_seed(self.test_dataset, test or self.protocol.tests[0], self.seed)
+
+    @property
+    def test_dataset(self) -> str:
+        """The dataset whose ``test`` split the run is scored on: the protocol's ``test_dataset``, else its own."""
+        return self.protocol.test_dataset or self.dataset
 
     @property
     def run_id(self) -> str:
@@ -233,10 +248,12 @@ class Suite:
                 return self.budgets[name]
         return self.budget
 
-    def excluded(self, dataset: str, task_generator: str, algorithm: str, test: TestShape) -> bool:
-        """True if an ``[[exclude]]`` entry matches this combination (``ways``/``shots`` match a test)."""
+    def excluded(self, dataset: str, task_generator: str, algorithm: str, test: TestShape,
+                 test_dataset: str = "") -> bool:
+        """True if an ``[[exclude]]`` entry matches this combination (``ways``/``shots`` match a test;
+        ``test_dataset`` the dataset scoring it, the run's own unless the protocol names another)."""
         have = {"dataset": dataset, "task_generator": task_generator, "algorithm": algorithm,
-                "ways": test.ways, "shots": test.shots}
+                "ways": test.ways, "shots": test.shots, "test_dataset": test_dataset or dataset}
         return any(all(have[k] in values for k, values in rule.items()) for rule in self.exclude)
 
     def runs(self, only: tuple[str, ...] | list[str] = (),
@@ -248,13 +265,14 @@ class Suite:
         out = []
         for ds, gen, alg, proto, seed in itertools.product(self.datasets, self.task_generators,
                                                            self.algorithms, self.protocols, self.seeds):
-            tests = [t for t in proto.tests if not self.excluded(ds, gen, alg, t)]
+            tests = [t for t in proto.tests if not self.excluded(ds, gen, alg, t, proto.test_dataset)]
             if not tests:
                 continue
             if len(tests) < len(proto.tests):
                 proto = Protocol(tests[0].ways, tests[0].shots, tests[0].queries, proto.train_ways,
-                                 proto.train_shots, proto.train_queries, tuple(tests[1:]))
-            opts = {k: self.options_for(k) for k in (ds, gen, alg) if self.options_for(k)}
+                                 proto.train_shots, proto.train_queries, tuple(tests[1:]), proto.test_dataset)
+            keys = (ds, gen, alg) + ((proto.test_dataset,) if proto.test_dataset else ())
+            opts = {k: self.options_for(k) for k in keys if self.options_for(k)}
             split = trains_per_way is not None and trains_per_way(alg)
             for p in (proto.per_way() if split else [proto]):
                 out.append(RunSpec(self.name, ds, gen, alg, p, seed, self.budget_for(gen, alg), opts))
@@ -263,8 +281,8 @@ class Suite:
 
 _TOP = {"name", "description", "datasets", "task_generators", "algorithms", "protocols", "seeds",
         "budget", "options", "exclude"}
-_EXCLUDE = {"dataset", "task_generator", "algorithm", "ways", "shots"}
-_PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries", "tests"}
+_EXCLUDE = {"dataset", "task_generator", "algorithm", "ways", "shots", "test_dataset"}
+_PROTO = {"ways", "shots", "queries", "train_ways", "train_shots", "train_queries", "tests", "test_dataset"}
 _TEST = ("ways", "shots", "queries")
 _BUDGET = {"steps", "meta_batch", "test_episodes", "eval_batch", "cluster_tasks"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -370,12 +388,15 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
             raise _err(where, f"unknown key(s) {bad} in '{key}'; allowed: {sorted(_PROTO)}")
         tests = _tests(where, key, p)
         first = tests[0]
+        test_dataset = p.get("test_dataset", "")
+        if "test_dataset" in p and (not isinstance(test_dataset, str) or not _NAME.match(test_dataset)):
+            raise _err(where, f"key '{key}.test_dataset' must be a dataset name, got {test_dataset!r}")
         protocols.append(Protocol(
             first.ways, first.shots, first.queries,
             _int(where, f"{key}.train_ways", p.get("train_ways", first.ways), 2),
             _int(where, f"{key}.train_shots", p.get("train_shots", first.shots), 1),
             _int(where, f"{key}.train_queries", p.get("train_queries", first.queries), 1),
-            tuple(tests[1:])))
+            tuple(tests[1:]), test_dataset))
     b = data["budget"]
     if not isinstance(b, dict):
         raise _err(where, "key 'budget' must be a table")
@@ -393,7 +414,7 @@ def parse_suite(data: dict[str, Any], name: str, where: str = "<suite>", path: P
     datasets = _names(where, "datasets", data["datasets"])
     gens = _names(where, "task_generators", data["task_generators"])
     algs = _names(where, "algorithms", data["algorithms"])
-    known = set(datasets) | set(gens) | set(algs)
+    known = set(datasets) | set(gens) | set(algs) | {p.test_dataset for p in protocols if p.test_dataset}
     known |= {plugin_name(n) for n in known}
     for table, names in (("options", options), ("budget", overrides)):
         stray = sorted(set(names) - known)

@@ -2,8 +2,9 @@
 
 :func:`augment` transforms a whole batch ``[B, C, H, W]`` (float in [0, 1]) in one call: every geometric
 change (shift, rotation, scale, shear, random resized crop, horizontal flip) of an image is folded into one
-affine matrix, and the batch is warped by a single ``affine_grid``/``grid_sample``; then colour jitter,
-random greyscale and pixel dropout are applied as masked tensor ops. Nothing reads the global RNG.
+affine matrix, and the batch is warped by a single ``affine_grid``/``grid_sample``; then colour jitter
+(brightness, contrast, saturation, hue -- a rotation of the chroma plane in YIQ space), random greyscale and
+pixel dropout are applied as masked tensor ops. Nothing reads the global RNG.
 
 Profiles (:data:`PROFILES`), overridable field by field (``augment(x, g, "handwriting", dropout=0.0)``);
 a dataset plugin names the one suited to its images in its ``augmentation`` attribute:
@@ -14,8 +15,11 @@ a dataset plugin names the one suited to its images in its ``augmentation`` attr
 * ``handwriting`` / ``small_handwriting`` -- digits: a small shift, small affine warp (rotation, scale,
   shear) and light pixel dropout; ``small_handwriting`` is milder, for 8x8 images. A digit survives these
   as the same class, where the ``strokes`` profile's halving of the pixels and 6-pixel shifts often do not.
-* ``natural`` -- colour images: random resized crop, horizontal flip, brightness/contrast jitter, random
-  greyscale.
+* ``natural`` -- colour images, the SimCLR recipe (Chen et al. 2020) that PsCo (Jang et al. 2023) trains
+  on for miniImageNet, without blur: random resized crop (area 0.2-1, MoCo v2's scale; aspect 3/4-4/3),
+  horizontal flip (p = 0.5), colour jitter applied with p = 0.8 (brightness, contrast and saturation
+  factors in [0.6, 1.4], hue shift up to 0.1 of a turn), random greyscale (p = 0.2). Declared by the
+  natural-image dataset plugins (miniImageNet, tieredImageNet, CIFAR-FS, FC100, CUB).
 * ``none`` -- the identity.
 
 :func:`sample_distinct` draws, for many rows at once, ``m`` distinct indices below a per-row count.
@@ -40,6 +44,9 @@ class Profile:
     crop: float = 1.0        # random resized crop: smallest area fraction kept (1 = no crop)
     hflip: float = 0.0       # probability of a horizontal flip
     jitter: float = 0.0      # brightness and contrast factors drawn from [1 - jitter, 1 + jitter]
+    saturation: float = 0.0  # saturation factor drawn from [1 - saturation, 1 + saturation] (colour images)
+    hue: float = 0.0         # hue rotation drawn from [-hue, hue] turns (colour images)
+    jitter_p: float = 1.0    # probability that an image gets the colour jitter at all
     grayscale: float = 0.0   # probability of turning a colour image grey
     dropout: float = 0.0     # probability of zeroing each pixel (all channels)
     padding: str = "zeros"   # grid_sample padding outside the image: zeros, border or reflection
@@ -55,10 +62,12 @@ PROFILES: dict[str, Profile] = {
     "strokes": Profile(shift=6 / 28, dropout=0.5),
     "handwriting": Profile(shift=3 / 28, rotate=15.0, scale=0.1, shear=10.0, dropout=0.1),
     "small_handwriting": Profile(shift=1 / 8, rotate=10.0, scale=0.1, shear=5.0, dropout=0.05),
-    "natural": Profile(crop=0.35, hflip=0.5, jitter=0.4, grayscale=0.2, padding="border"),
+    "natural": Profile(crop=0.2, hflip=0.5, jitter=0.4, saturation=0.4, hue=0.1, jitter_p=0.8, grayscale=0.2,
+                       padding="border"),
 }
 
 _GREY = (0.299, 0.587, 0.114)
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 _UNIFORMS = 13  # uniforms drawn per image, whatever the profile (keeps streams comparable)
 
 
@@ -126,15 +135,23 @@ def augment(x: torch.Tensor, generator: torch.Generator, profile: str | Profile 
     b, c, h, w = x.shape
     dev = x.device
     u = torch.rand(b, _UNIFORMS, generator=generator, device=dev, dtype=x.dtype)
+    colour = c == 3 and bool(p.saturation or p.hue)
+    # drawn only by profiles that use them, so the streams of the others stay as they were
+    v = torch.rand(b, 3, generator=generator, device=dev, dtype=x.dtype) if colour or p.jitter_p < 1 else None
     out = x
     if p.geometric:
         grid = F.affine_grid(affine_params(u, p), [b, c, h, w], align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode=p.padding, align_corners=False)
+    before = out
     if p.jitter:
         bright = 1.0 + p.jitter * (2.0 * u[:, 10] - 1.0)
         contrast = 1.0 + p.jitter * (2.0 * u[:, 11] - 1.0)
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = ((out - mean) * contrast.view(b, 1, 1, 1) + mean) * bright.view(b, 1, 1, 1)
+    if colour:
+        out = _saturation_hue(out, 1.0 + p.saturation * (2.0 * v[:, 0] - 1.0), p.hue * (2.0 * v[:, 1] - 1.0))
+    if v is not None and p.jitter_p < 1:
+        out = torch.where((v[:, 2] < p.jitter_p).view(b, 1, 1, 1), out, before)
     if p.grayscale and c == 3:
         grey = (out * torch.tensor(_GREY, device=dev, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
         to_grey = (u[:, 12] < p.grayscale).view(b, 1, 1, 1)
@@ -143,6 +160,19 @@ def augment(x: torch.Tensor, generator: torch.Generator, profile: str | Profile 
         keep = torch.rand(b, 1, h, w, generator=generator, device=dev, dtype=x.dtype) >= p.dropout
         out = out * keep
     return out.clamp(0.0, 1.0)
+
+
+def _saturation_hue(x: torch.Tensor, saturation: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """RGB images ``[B, 3, H, W]`` with their chroma scaled by ``saturation`` ``[B]`` and rotated by
+    ``turns`` ``[B]`` of a full turn (a hue shift), as one per-image 3x3 colour matrix in YIQ space."""
+    yiq = torch.tensor(_YIQ, device=x.device, dtype=x.dtype)
+    angle = 2 * math.pi * turns
+    cos, sin = torch.cos(angle) * saturation, torch.sin(angle) * saturation
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
+                       torch.stack([zero, sin, cos], 1)], 1)                      # [B, 3, 3]
+    m = torch.linalg.inv(yiq) @ rot @ yiq
+    return torch.einsum("bij,bjhw->bihw", m, x)
 
 
 def sample_distinct(counts: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from metabench.contracts import PluginError
 from metabench.toolkit import grouped
-from metabench.toolkit.nets import Conv4
+from metabench.toolkit import nets
 
 Params = dict[str, torch.Tensor]
 PATHS = ("auto", "batched", "loop", "grouped")
@@ -62,13 +62,13 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
 
 class MetaModel(nn.Module):
-    """Conv-4 backbone (per-task batch norm) followed by a linear head to ``ways`` logits."""
+    """A backbone (:func:`metabench.toolkit.nets.backbone`: Conv-4 by default, or ResNet-12; per-task batch
+    norm) followed by a linear head to ``ways`` logits."""
 
-    def __init__(self, image_shape: tuple[int, int, int], ways: int, hidden: int = 64) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], ways: int, hidden: int = 64,
+                 backbone: str = "conv4") -> None:
         super().__init__()
-        self.backbone = Conv4(image_shape, hidden=hidden, track_running_stats=False)
-        for block in self.backbone.blocks:  # same parameter names and initial values (ones, zeros)
-            block[1] = TaskBatchNorm2d(block[1].num_features, block[1].eps)
+        self.backbone = nets.backbone(backbone, image_shape, hidden, track_running_stats=False, norm=TaskBatchNorm2d)
         self.head = nn.Linear(self.backbone.out_dim, ways)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

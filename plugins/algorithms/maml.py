@@ -6,7 +6,8 @@ order: it differentiates through the inner steps. Omniglot settings of the paper
 step for 5-way at training, three at test, Adam at 1e-3 on the meta-objective. Batch norm uses each
 task's batch statistics (no running averages), as in the reference code; query sets are normalised as
 one batch (the paper's transductive setting). The backbone here is the suite's Conv-4 with max-pooling
-(the paper's Omniglot network uses strided convolutions instead).
+(the paper's Omniglot network uses strided convolutions instead); option ``backbone = "resnet12"`` swaps in
+a ResNet-12 (:func:`metabench.toolkit.nets.backbone`) with the same per-task batch norm.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class MAML(Algorithm):
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
                 "first_order": False, "path": "auto", "hidden": 64, "channels_last": False,
-                "meta_grad_chunk": 0}
+                "meta_grad_chunk": 0, "backbone": "conv4"}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
@@ -39,8 +40,15 @@ class MAML(Algorithm):
     def setup(self, ctx: RunContext) -> None:
         """Build the model (seeded), the meta-parameters and the Adam meta-optimiser."""
         o = ctx.options
+        if o["backbone"] != "conv4" and o["path"] == "grouped":
+            raise PluginError(f"{self.name}: path 'grouped' folds Conv-4's convolutions; use another path "
+                              f"with backbone {o['backbone']!r}")
         with seeded(derive_seed(ctx.seed, "init")):
-            self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"])).to(ctx.device)
+            try:
+                self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"]),
+                                       backbone=str(o["backbone"])).to(ctx.device)
+            except ValueError as exc:
+                raise PluginError(f"{self.name}: {exc}") from None
             self.lrs = self.make_lrs(ctx)
         # channels-last: off by default so records stay comparable (measurements: benchmarks/results/README.md)
         self.channels_last = bool(o["channels_last"])

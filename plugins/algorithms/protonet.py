@@ -1,6 +1,7 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017, arXiv:1703.05175).
 
-A Conv-4 embedding is trained episodically; a query is classified by the negative squared Euclidean
+A Conv-4 embedding (option ``backbone = "resnet12"``: a ResNet-12, Oreshkin et al. 2018 / Lee et al.
+2019) is trained episodically; a query is classified by the negative squared Euclidean
 distance to each class prototype, the mean embedding of that class's support images. Adam at 1e-3,
 halved every 2000 episodes, as in the paper.
 """
@@ -9,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metabench import Algorithm, Claim, EpisodeBatch, RunContext, hookimpl
-from metabench.toolkit.nets import Conv4
+from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
+from metabench.toolkit.nets import backbone
 from metabench.seeding import derive_seed, seeded
 
 
@@ -24,13 +25,13 @@ def prototype_logits(z_support: torch.Tensor, y_support: torch.Tensor, z_query: 
 
 
 class ProtoNet(Algorithm):
-    """Prototypical Networks with the Conv-4 backbone (64 filters)."""
+    """Prototypical Networks with the Conv-4 backbone (64 filters) or a ResNet-12 (option ``backbone``)."""
 
     name = "protonet"
     description = "Prototypical Networks: nearest class mean in a learned Conv-4 embedding"
     paper = "Snell, Swersky & Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS)"
     defaults = {"lr": 1e-3, "lr_decay_every": 2000, "lr_decay": 0.5, "hidden": 64,
-                "channels_last": True}
+                "channels_last": True, "backbone": "conv4"}
     claims = Claim.grid("Snell et al. 2017", "Table 1", "omniglot",
                         {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
                         note="Table 1, row 'Prototypical Networks (ours)', Euclid., no fine-tuning; checked against "
@@ -39,10 +40,13 @@ class ProtoNet(Algorithm):
     smoke_partner = {"hidden": 8}  # a small, fast reference for checking datasets and task generators
 
     def setup(self, ctx: RunContext) -> None:
-        """Build the Conv-4 embedding and its Adam optimiser."""
+        """Build the embedding (option ``backbone``) and its Adam optimiser."""
         o = ctx.options
         with seeded(derive_seed(ctx.seed, "init")):
-            self.net = Conv4(ctx.image_shape, hidden=int(o["hidden"])).to(ctx.device)
+            try:
+                self.net = backbone(str(o["backbone"]), ctx.image_shape, hidden=int(o["hidden"])).to(ctx.device)
+            except ValueError as exc:
+                raise PluginError(f"{self.name}: {exc}") from None
         self.memory_format = torch.channels_last if o["channels_last"] else torch.contiguous_format
         self.net = self.net.to(memory_format=self.memory_format)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=float(o["lr"]))
@@ -81,7 +85,7 @@ class ProtoNet(Algorithm):
 
     @torch.no_grad()
     def embed(self, x):
-        """The Conv-4 features ``[M, D]``."""
+        """The backbone's features ``[M, D]``."""
         self.net.eval()
         return self.net(x.contiguous(memory_format=self.memory_format))
 

@@ -40,7 +40,7 @@ class Reptile(Algorithm):
     paper = "Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning Algorithms, arXiv:1803.02999"
     defaults = {"inner_lr": 1e-3, "inner_optimizer": "adam", "inner_steps": 5, "inner_batch": 10,
                 "test_inner_steps": 50, "test_inner_batch": 5, "outer_step": 1.0, "outer_step_final": 0.0,
-                "total_steps": 0, "path": "auto", "hidden": 64}
+                "total_steps": 0, "path": "auto", "hidden": 64, "backbone": "conv4"}
     claims = Claim.grid("Nichol et al. 2018 (Reptile + transduction)", "Table 2", "omniglot",
                         {(5, 1): (97.68, 0.04), (5, 5): (99.48, 0.06), (20, 1): (89.43, 0.14),
                          (20, 5): (97.12, 0.32)},
@@ -53,7 +53,11 @@ class Reptile(Algorithm):
         """Build the model (seeded) and the inner loops; minibatches come from seeded generators."""
         o = ctx.options
         with seeded(derive_seed(ctx.seed, "init")):
-            self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"])).to(ctx.device)
+            try:  # option backbone: "conv4" or "resnet12" (metabench.toolkit.nets.backbone)
+                self.model = MetaModel(ctx.image_shape, ctx.ways, hidden=int(o["hidden"]),
+                                       backbone=str(o["backbone"])).to(ctx.device)
+            except ValueError as exc:
+                raise PluginError(f"{self.name}: {exc}") from None
         try:
             self.path = resolve_path(str(o["path"]), ctx.device)
             self.train_loop = InnerLoop(int(o["inner_steps"]), float(o["inner_lr"]), True,
