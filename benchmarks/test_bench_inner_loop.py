@@ -30,7 +30,7 @@ def batch():
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
-@pytest.mark.parametrize("path", ["loop", "batched"])
+@pytest.mark.parametrize("path", ["loop", "batched", "grouped"])
 def test_maml_meta_train_step(benchmark, batch, path, first_order):
     alg = _maml(path, first_order)
     benchmark.group = f"maml train_step {'first' if first_order else 'second'} order"
@@ -38,7 +38,7 @@ def test_maml_meta_train_step(benchmark, batch, path, first_order):
     assert loss > 0
 
 
-@pytest.mark.parametrize("path", ["loop", "batched"])
+@pytest.mark.parametrize("path", ["loop", "batched", "grouped"])
 def test_maml_adaptation(benchmark, batch, path):
     alg = _maml(path, False)
     benchmark.group = "maml predict (3 inner steps)"
