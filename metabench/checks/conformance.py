@@ -121,9 +121,10 @@ def _reference_data(registry: Registry, data_root: Path, cache_dir: Path) -> Ima
 
 
 def _context(seed: int, image_shape: tuple[int, int, int], options: dict[str, Any], cache_dir: Path,
-             unlabeled: UnlabeledSplit | None = None) -> RunContext:
+             unlabeled: UnlabeledSplit | None = None, dataset: str = "") -> RunContext:
+    """The ``RunContext`` of a check; ``dataset``: the reference data's name, as ``run`` gives it."""
     return RunContext(torch.device("cpu"), seed, WAYS, SHOTS, QUERIES, image_shape, options, cache_dir,
-                      unlabeled=unlabeled)
+                      unlabeled=unlabeled, dataset=dataset)
 
 
 # ------------------------------------------------------------------------------------------- common
@@ -301,7 +302,7 @@ def _check_generator(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
         gen = cls()
         try:
             gen.setup(split if cls.uses_labels else split.unlabeled(),
-                      _context(derive_seed("check", info.name), shape, opts, cache_dir))
+                      _context(derive_seed("check", info.name), shape, opts, cache_dir, dataset=digits.name))
         except AttributeError as exc:
             label_access("setup()", exc)
             raise
@@ -375,7 +376,7 @@ def _check_algorithm(b: _Battery, info: PluginInfo, opts: dict[str, Any], digits
 
     def fresh() -> Any:
         alg = cls()
-        alg.setup(_context(derive_seed("check", info.name), shape, opts, cache_dir, train.unlabeled()))
+        alg.setup(_context(derive_seed("check", info.name), shape, opts, cache_dir, train.unlabeled(), digits.name))
         return alg
 
     def stream(episodes: torch.Generator) -> Iterator[EpisodeBatch]:

@@ -50,6 +50,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(f"metabench: suite {suite.name!r}: {len(runs)} run(s) on {settings.device} ({executor.name} "
           f"executor), records in {runner.out_dir}", file=sys.stderr)
+    if not args.force:
+        _name_replaced_records(runner, runs)
 
     def report(o) -> None:
         if o.status == "ok":
@@ -78,6 +80,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"  failed: {o.run_id} [{o.record.get('failed_plugin') if o.record else None}]: {o.error}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _name_replaced_records(runner, runs) -> None:
+    """Say on stderr which existing records this run replaces and why (corrupt, another schema version,
+    stale), and how many ok records are kept without provenance to check them by."""
+    from metabench.execution.outcomes import existing
+
+    unknown = 0
+    for spec in runs:
+        e = existing(runner, spec)
+        if e.replaces:
+            verb = "re-running" if e.verdict == "stale" else "replacing"
+            print(f"metabench: {verb} {e.replaces}", file=sys.stderr)
+        unknown += e.verdict == "unknown"
+    if unknown:
+        print(f"metabench: note: {unknown} existing ok record(s) carry no provenance (made before metabench "
+              "recorded data and code digests), so whether they are stale cannot be told: kept; --force "
+              "re-runs them", file=sys.stderr)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 import metabench
-from metabench.engine import checkpoint, environment, memory, models
+from metabench.engine import checkpoint, environment, memory, models, provenance
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, LabeledSplit, PluginError,
                                  RunContext, TaskGenerator)
 from metabench.engine.clustering import cluster_tasks, score_tasks
@@ -107,6 +107,8 @@ class SuiteRunner:
         self.suite, self.registry, self.settings = suite, registry, settings
         self.out_dir = settings.results / suite.name
         self._datasets: dict[str, ImageSet] = {}
+        # today's data and code digests: a record's provenance, and whether an existing record is stale
+        self.fingerprints = provenance.Fingerprints(registry, self._dataset)
         self.on_stage: Callable[[str], None] | None = None  # told "kind:name" of each plugin stage entered
         environment.git_commit()  # pin the source commit now, before anything can change the tree
 
@@ -144,6 +146,7 @@ class SuiteRunner:
             data = ds.load(DataContext(self.settings.data_root, self.settings.cache_dir, options))
             if not isinstance(data, ImageSet):
                 raise PluginError(f"{name}: load() must return an ImageSet, got {type(data).__name__}")
+            self.fingerprints.note(name, options, data)  # the record's data digest, while the tensors are here
             self._datasets[key] = data
         return self._datasets[key]
 
@@ -227,6 +230,7 @@ class SuiteRunner:
                       "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev),
                       **({"resumed_from_step": resume.start} if resume.start else {})},
             "environment": environment.describe(dev),
+            "provenance": self.fingerprints.current(config),  # the data digest: once per dataset load
         }
 
     def _test_split(self, spec: RunSpec, data: ImageSet, stage: _Stage) -> tuple[LabeledSplit, dict[str, Any]]:
