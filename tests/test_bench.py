@@ -28,13 +28,14 @@ def test_bench_json_has_the_documented_keys(capsys):
             "adapt_ms_per_task", "peak_mem_mb", "speedup_vs_reference"} <= set(row)
     assert row["meta_train_tasks_per_s"] > 0 and row["speedup_vs_reference"] is None
     rows = run_bench(["anil"], "cpu", ways=3, shots=1, queries=2, meta_batch=2, repeats=1, warmup=1,
-                     image_shape=(1, 8, 8), options={"anil": {"hidden": 8, "meta_grad_chunk": 1}})
+                     image_shape=(1, 8, 8), options={"anil": {"hidden": 8, "meta_grad_chunk": 1}}, rounds=2)
     assert {r["path"] for r in rows} == {"loop", "batched", "grouped", "auto"}
     by_path = {r["path"]: r for r in rows}
     assert by_path["loop"]["speedup_vs_reference"] == 1.0 and by_path["loop"]["train_queries"] == 1
     for r in rows:  # the loop's counted arithmetic over each path's own time
         assert r["train_peak_mem_mb"] > 0 and r["adapt_peak_mem_mb"] > 0 and r["matmul_gflop_per_s"] > 0
         assert 0 <= r["train_mem_over_start_mb"] <= r["train_peak_mem_mb"] and r["cuda_graph"] is False
+        assert r["variant"] == "default"
         assert r["train_gflop_per_s"] == pytest.approx(
             by_path["loop"]["train_gflop_per_s"] * r["speedup_vs_reference"], rel=1e-9)
         assert r["matmul_fraction"] == pytest.approx(r["train_gflop_per_s"] / r["matmul_gflop_per_s"])

@@ -25,7 +25,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def path(r: dict[str, Any]) -> str:
         return f"auto ({r['resolves_to']})" if "resolves_to" in r else r["path"]
 
-    head = ["algorithm", "path", "device", "ways", "shots", "train_queries", "queries", "meta_batch",
+    head = ["algorithm", "path", "variant", "device", "ways", "shots", "train_queries", "queries", "meta_batch",
             "meta_train_tasks_per_s", "adapt_ms_per_task", "train_peak_mem_mb", "train_mem_over_start_mb",
             "adapt_peak_mem_mb",
             "train_gflop_per_s", "matmul_fraction", "speedup_vs_reference"]
@@ -47,7 +47,8 @@ def run_preset(args: argparse.Namespace, names: list[str] | None, given: dict[st
     options = {cls.name: {k: v for k, v in given.items() if k in cls.defaults} for cls in resolve_algorithms(names)}
     report = gpu_check(args.device, names, meta_batch=args.meta_batch, out_dir=args.out, ways=args.ways,
                        shots=args.shots, queries=args.queries, train_queries=args.train_queries,
-                       repeats=args.repeats, warmup=args.warmup, options=options, paths=args.paths)
+                       repeats=args.repeats, warmup=args.warmup, options=options, paths=args.paths,
+                       rounds=args.rounds)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -78,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     rows = run_bench(classes, args.device, args.ways, args.shots, args.queries, args.meta_batch,
                      args.repeats, args.warmup, options=options, train_queries=args.train_queries,
-                     paths=args.paths) if classes else []
+                     paths=args.paths, rounds=args.rounds) if classes else []
     gens = [g.strip() for g in (args.generators or "").split(",") if g.strip()]
     if gens and not args.dataset:
         print("metabench: error: --generators needs --dataset NAME", file=sys.stderr)
@@ -117,6 +118,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         f"(default {','.join(PATHS)})")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure each algorithm's paths in turn this many times (interleaved) and report medians")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="set an option of every timed algorithm that has it (repeatable), e.g. channels_last=true")
     p.add_argument("--generators", default="",

@@ -191,7 +191,8 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
               image_shape: tuple[int, int, int] = (1, 28, 28),
               options: dict[str, dict[str, Any]] | None = None,
               train_queries: int | None = None, paths: Sequence[str] = PATHS,
-              autocast: torch.dtype | None = None, cuda_graph: bool = False) -> list[dict[str, Any]]:
+              autocast: torch.dtype | None = None, cuda_graph: bool = False,
+              rounds: int = 1) -> list[dict[str, Any]]:
     """One row per (algorithm, path): the keys ``algorithm``, ``path``, ``device``, ``ways``, ``shots``,
     ``queries``, ``train_queries``, ``meta_batch``, ``meta_train_tasks_per_s``, ``adapt_ms_per_task``,
     ``train_peak_mem_mb``, ``adapt_peak_mem_mb``, ``peak_mem_mb`` (their maximum), ``train_mem_over_start_mb``,
@@ -200,6 +201,8 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option); ``auto`` rows also carry
     ``resolves_to``. Paths timed: ``loop`` always, the other ``paths``, and what ``auto`` resolves to.
     ``autocast`` and ``cuda_graph`` as in :func:`time_algorithm` (``variant`` names them in the rows).
+    ``rounds`` > 1 measures the paths of an algorithm in turn that many times (interleaved, so that a change
+    of machine load hits every path alike) and reports each path's median rates and largest peaks.
 
     Meta-training steps see ``train_queries`` query images per class (default ``shots``: the K-shot,
     K-query meta-training batches of the MAML reference code for Omniglot); adaptation is timed on
@@ -210,7 +213,7 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     train_queries = shots if train_queries is None else train_queries
     batch = synthetic_batch(meta_batch, ways, shots, train_queries, image_shape, device)
     eval_batch = synthetic_batch(meta_batch, ways, shots, queries, image_shape, device)
-    matmul = matmul_gflops(device, repeats, warmup)
+    matmul = statistics.median(matmul_gflops(device, repeats, warmup) for _ in range(rounds))
     variant = "+".join(([f"{str(autocast).removeprefix('torch.')}-autocast"] if autocast is not None else [])
                        + (["cuda-graph"] if cuda_graph else [])) or "default"
     auto = resolve_path("auto", device)
@@ -222,14 +225,23 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
                 "train_queries": train_queries, "meta_batch": meta_batch, "options": extra, "variant": variant}
         flops = count_flops(cls, device, batch, eval_batch, queries, extra)
 
-        def measure(opts: dict[str, Any]) -> dict[str, float]:
-            m = time_algorithm(cls, device, batch, eval_batch, queries, repeats, warmup, opts, autocast, cuda_graph)
+        def measure(runs: list[dict[str, Any]]) -> dict[str, float]:
+            m = {k: (max if "mem" in k else statistics.median)(r[k] for r in runs) if isinstance(v, float) else v
+                 for k, v in runs[0].items()}
             return {**m, **_rates(m, flops, meta_batch, matmul)}
 
+        def run(opts: dict[str, Any]) -> dict[str, Any]:
+            return time_algorithm(cls, device, batch, eval_batch, queries, repeats, warmup, opts, autocast, cuda_graph)
+
         if "path" not in cls.defaults:
-            rows.append({**base, "path": "-", **measure(extra), "speedup_vs_reference": None})
+            rows.append({**base, "path": "-", **measure([run(extra) for _ in range(rounds)]),
+                         "speedup_vs_reference": None})
             continue
-        measured = {p: measure({**extra, "path": p}) for p in timed}
+        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in timed}
+        for _ in range(rounds):
+            for p in timed:
+                runs[p].append(run({**extra, "path": p}))
+        measured = {p: measure(r) for p, r in runs.items()}
         ref = measured["loop"]["meta_train_tasks_per_s"]
         for p, m in measured.items():
             rows.append({**base, "path": p, **m, "speedup_vs_reference": m["meta_train_tasks_per_s"] / ref})
