@@ -215,6 +215,19 @@ def test_grouped_path_refuses_layers_it_cannot_fold():
         grouped.backbone(torch.nn.ModuleList([torch.nn.Conv2d(1, 2, 3)]), {}, x)
 
 
+def test_grouped_path_follows_the_models_memory_format(f64):
+    model, (sx, *_) = _model(), _episodes()
+    params = grouped.stack_shared({k[len("backbone.blocks."):]: v for k, v in model.named_parameters()
+                                   if k.startswith("backbone.blocks.")}, T)
+    assert not grouped.wants_channels_last(model.backbone.blocks)
+    plain = grouped.backbone(model.backbone.blocks, params, sx)
+    model.to(memory_format=torch.channels_last)
+    assert grouped.wants_channels_last(model.backbone.blocks)
+    torch.testing.assert_close(grouped.backbone(model.backbone.blocks, params, sx), plain, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(plain[1], model.backbone(sx[1]), rtol=1e-12, atol=1e-12)
+
+
 def test_paths_and_plugin_defaults():
     assert resolve_path("auto", "cpu") == "loop" and resolve_path("auto", "cuda") == "batched"
     assert resolve_path("loop", "cuda") == "loop" and resolve_path("batched", "cpu") == "batched"

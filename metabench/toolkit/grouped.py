@@ -6,7 +6,9 @@ channels is exactly per-task batch norm (each task's statistics), with torch's f
 double backward (unlike its batching rule under ``vmap``); the head is one batched matrix product.
 
 Parameters are stacked per task, ``{name: [T, *shape]}`` (a shared tensor is ``expand``-ed, so gradients
-flow back summed over tasks). Everything is plain autograd: no ``vmap``.
+flow back summed over tasks). Everything is plain autograd: no ``vmap``. When the model's convolutions were
+put in ``channels_last`` memory format (the MAML family's option), the folded activations and weights are
+too (:func:`wants_channels_last`); the values are the same either way.
 """
 from __future__ import annotations
 
@@ -32,12 +34,20 @@ def _flat(p: torch.Tensor) -> torch.Tensor:
     return p.reshape(-1, *p.shape[2:])
 
 
+def wants_channels_last(blocks: nn.Module) -> bool:
+    """Whether a convolution of ``blocks`` with more than one input channel (where the two layouts differ)
+    holds its weight in ``channels_last`` memory format."""
+    return any(m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+               for m in blocks.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+
+
 def backbone(blocks: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     """Features ``[T, M, D]`` of ``x`` ``[T, M, C, H, W]`` through the conv blocks ``blocks`` (the modules
     of Conv-4: ``Conv2d``, ``BatchNorm2d`` without running statistics, ``ReLU``, ``MaxPool2d``) with the
     stacked ``params`` keyed ``"<i>.<j>.weight"`` as in ``blocks.named_parameters()``."""
     t, m = x.shape[:2]
-    h = fold(x)
+    fmt = torch.channels_last if wants_channels_last(blocks) else torch.contiguous_format
+    h = fold(x).contiguous(memory_format=fmt)
     for i, block in enumerate(blocks):
         if not isinstance(block, nn.Sequential):
             raise ValueError(f"the grouped path folds Conv-4's blocks of layers, not {type(block).__name__}")
@@ -45,7 +55,8 @@ def backbone(blocks: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor
             pre = f"{i}.{j}."
             if isinstance(layer, nn.Conv2d):
                 bias = params.get(pre + "bias")
-                h = F.conv2d(h, _flat(params[pre + "weight"]), None if bias is None else bias.reshape(-1),
+                h = F.conv2d(h, _flat(params[pre + "weight"]).contiguous(memory_format=fmt),
+                             None if bias is None else bias.reshape(-1),
                              layer.stride, layer.padding, layer.dilation, layer.groups * t)
             elif isinstance(layer, nn.BatchNorm2d) and not layer.track_running_stats:
                 h = F.batch_norm(h, None, None, params[pre + "weight"].reshape(-1), params[pre + "bias"].reshape(-1),
