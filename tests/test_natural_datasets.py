@@ -646,8 +646,9 @@ def test_cross_domain_protocols_in_suites(tmp_path):
 
 def test_smoke_suite_runs_on_generated_fixtures(tmp_path):
     """suites/natural-smoke-cpu.toml: UMTRA, CACTUs and the oracle with ProtoNet ResNet-12 on miniImageNet
-    pickles, tested in-domain and on CIFAR-FS (84x84) cross-domain; every run ok, in about a minute at most
-    (about 20 s on two idle cores; unsupervised runs start a sealed worker each)."""
+    pickles, tested in-domain and on CIFAR-FS (84x84) cross-domain; every run ok. Measured 32-74 s on two cores
+    shared with a load average of 10-12 (unsupervised runs start a sealed worker each); the bound only catches
+    a pathological slow-down without failing on a busy machine."""
     from metabench.commands.cli import main
     from metabench.engine.records import read_record
     root = tmp_path / "data"
@@ -669,4 +670,4 @@ def test_smoke_suite_runs_on_generated_fixtures(tmp_path):
         m = r["evaluations"][0]["metrics"]
         assert m["test_episodes"] == 4 and 0 <= m["accuracy_mean"] <= 1 and "nmi" in m
     print(f"natural smoke suite: {took:.1f}s")
-    assert took < 90
+    assert took < 150
