@@ -211,8 +211,15 @@ def test_grouped_path_refuses_layers_it_cannot_fold():
     x = torch.zeros(2, 3, 1, 4, 4)
     with pytest.raises(ValueError, match="Linear"):
         grouped.backbone(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 4))), {}, x)
+    with pytest.raises(ValueError, match="running statistics"):
+        grouped.check_foldable(torch.nn.Sequential(torch.nn.Sequential(torch.nn.BatchNorm2d(4))))
     with pytest.raises(ValueError, match="blocks"):
         grouped.backbone(torch.nn.ModuleList([torch.nn.Conv2d(1, 2, 3)]), {}, x)
+    grouped.check_foldable(_model().backbone.blocks)
+    for cls in (MAML, Reptile):  # another backbone: refused when the algorithm is set up
+        with pytest.raises(PluginError, match="grouped"):
+            cls().setup(RunContext(torch.device("cpu"), 0, N, K, Q, (3, 16, 16),
+                                   cls.resolve_options({"path": "grouped", "backbone": "resnet12", "hidden": 4})))
 
 
 def test_grouped_path_follows_the_models_memory_format(f64):

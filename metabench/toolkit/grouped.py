@@ -34,6 +34,21 @@ def _flat(p: torch.Tensor) -> torch.Tensor:
     return p.reshape(-1, *p.shape[2:])
 
 
+FOLDABLE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
+
+
+def check_foldable(blocks: nn.Module | None) -> None:
+    """Raise ``ValueError`` unless ``blocks`` is a sequence of ``nn.Sequential`` blocks of the layers
+    :func:`backbone` folds (batch norm without running statistics)."""
+    for block in blocks if isinstance(blocks, nn.Sequential) else [blocks]:
+        if not isinstance(block, nn.Sequential):
+            raise ValueError(f"the grouped path folds Conv-4's blocks of layers, not {type(block).__name__}")
+        for layer in block:
+            if not isinstance(layer, FOLDABLE) or getattr(layer, "track_running_stats", False):
+                raise ValueError(f"the grouped path does not support {type(layer).__name__} layers"
+                                 + (" with running statistics" if isinstance(layer, FOLDABLE) else ""))
+
+
 def wants_channels_last(blocks: nn.Module) -> bool:
     """Whether a convolution of ``blocks`` with more than one input channel (where the two layouts differ)
     holds its weight in ``channels_last`` memory format."""
@@ -45,12 +60,11 @@ def backbone(blocks: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor
     """Features ``[T, M, D]`` of ``x`` ``[T, M, C, H, W]`` through the conv blocks ``blocks`` (the modules
     of Conv-4: ``Conv2d``, ``BatchNorm2d`` without running statistics, ``ReLU``, ``MaxPool2d``) with the
     stacked ``params`` keyed ``"<i>.<j>.weight"`` as in ``blocks.named_parameters()``."""
+    check_foldable(blocks)
     t, m = x.shape[:2]
     fmt = torch.channels_last if wants_channels_last(blocks) else torch.contiguous_format
     h = fold(x).contiguous(memory_format=fmt)
     for i, block in enumerate(blocks):
-        if not isinstance(block, nn.Sequential):
-            raise ValueError(f"the grouped path folds Conv-4's blocks of layers, not {type(block).__name__}")
         for j, layer in enumerate(block):
             pre = f"{i}.{j}."
             if isinstance(layer, nn.Conv2d):
@@ -58,15 +72,13 @@ def backbone(blocks: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor
                 h = F.conv2d(h, _flat(params[pre + "weight"]).contiguous(memory_format=fmt),
                              None if bias is None else bias.reshape(-1),
                              layer.stride, layer.padding, layer.dilation, layer.groups * t)
-            elif isinstance(layer, nn.BatchNorm2d) and not layer.track_running_stats:
+            elif isinstance(layer, nn.BatchNorm2d):
                 h = F.batch_norm(h, None, None, params[pre + "weight"].reshape(-1), params[pre + "bias"].reshape(-1),
                                  True, 0.0, layer.eps)
             elif isinstance(layer, nn.ReLU):
                 h = F.relu(h)
-            elif isinstance(layer, nn.MaxPool2d):
-                h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
             else:
-                raise ValueError(f"the grouped path does not support {type(layer).__name__} layers")
+                h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
     return h.reshape(m, t, -1).transpose(0, 1)
 
 

@@ -126,6 +126,13 @@ def resolve_path(path: str, device: torch.device | str) -> str:
     return "batched" if torch.device(device).type == "cuda" else "loop"
 
 
+def check_path(model: nn.Module, path: str) -> None:
+    """Raise ``ValueError`` when the resolved ``path`` cannot run ``model``: ``grouped`` folds only Conv-4
+    (:func:`metabench.toolkit.grouped.check_foldable`)."""
+    if path == "grouped":
+        grouped.check_foldable(getattr(model.backbone, "blocks", None))
+
+
 def _sub(params: Params, prefix: str) -> Params:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 

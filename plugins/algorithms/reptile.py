@@ -16,7 +16,8 @@ import math
 import torch
 
 from metabench import Algorithm, Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.toolkit.inner_loop import InnerLoop, MetaModel, Params, meta_batch_adapt, predict_logits, resolve_path
+from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, check_path, meta_batch_adapt, predict_logits,
+                                          resolve_path)
 from metabench.seeding import derive_seed, seeded
 
 
@@ -60,6 +61,7 @@ class Reptile(Algorithm):
                 raise PluginError(f"{self.name}: {exc}") from None
         try:
             self.path = resolve_path(str(o["path"]), ctx.device)
+            check_path(self.model, self.path)
             self.train_loop = InnerLoop(int(o["inner_steps"]), float(o["inner_lr"]), True,
                                         optimizer=str(o["inner_optimizer"]), minibatches=True)
             self.test_loop = InnerLoop(int(o["test_inner_steps"]), float(o["inner_lr"]), True,
