@@ -13,7 +13,11 @@ executor, which is how ``process`` and ``ray`` runs find the plugin. Then, by ki
   an unsupervised generator (``uses_labels = False``) is handed an ``UnlabeledSplit`` and gives identical
   batches when the labels of the data are permuted;
 * algorithm: ``setup``, ``meta_train`` (finite losses), ``predict`` (logits ``[T, N*Q, N]``) and ``embed``
-  (features ``[M, D]``) behave, and a tiny run is bit-identical under the same seed.
+  (features ``[M, D]``) behave, and a tiny run is bit-identical under the same seed;
+* task generator and algorithm: the sealed isolation check (:mod:`metabench.checks.sealed_check`): the
+  smoke suite on a secret synthetic dataset gives the same numbers sealed and in this process, with no
+  broken seal. A plugin that passes every check is stamped at its code digest
+  (:mod:`metabench.engine.check_stamps`), and ``run`` marks its records ``isolation.checked``.
 
 :func:`check_plugin` returns :class:`CheckResult` tuples ``(check, ok, message)``; ``ok`` is ``None`` for a
 check that could not apply (e.g. a dataset whose files are absent).
@@ -37,6 +41,8 @@ from metabench.toolkit.episodes import EpisodeSampler
 from metabench.engine.registry import HOOKS, PluginInfo, Registry, UnknownPluginError, discover
 from metabench.engine.runner import Settings, SuiteRunner
 from metabench.engine.suite import parse_suite
+from metabench.engine import check_stamps, sandbox, sealed
+from metabench.checks.sealed_check import sealed_isolation, secret_dataset
 from metabench.execution.executors import LocalExecutor, ProcessExecutor, run_suite
 from metabench.seeding import derive_seed, make_generator
 
@@ -216,6 +222,30 @@ def _check_smoke(b: _Battery, info: PluginInfo, registry: Registry, options: dic
                     f"episodes" + (" in a fresh worker process" if isolated else ""))
 
     b.run("smoke run (worker process)" if isolated else "smoke run", smoke, needs=["contract"])
+
+
+SEALED = "sealed isolation"
+
+
+def _check_sealed(b: _Battery, info: PluginInfo, registry: Registry, options: dict[str, Any], data_root: Path,
+                  cache_dir: Path, no_tasks: bool) -> None:
+    """The smoke suite on a secret synthetic dataset in a sealed worker and in this process
+    (:mod:`metabench.checks.sealed_check`): the same numbers both ways, no broken seal."""
+
+    def check(note: list[str]) -> None:
+        if info.kind == "dataset":
+            raise _Skip("datasets are read by the supervisor, which holds the labels; not sealed")
+        ok, why = sealed.supported()
+        if not ok:
+            raise _Skip(f"cannot seal here ({why}): the plugin is not stamped as checked")
+        reference, files = sandbox.opened_files(lambda: _reference_data(registry, data_root, cache_dir))
+        data = secret_dataset(reference.name, reference.image_shape)
+        problem = sealed_isolation(smoke_suite(registry, info.kind, info.name, options, no_tasks), registry,
+                                   data, files, data_root, cache_dir, note)
+        if problem:
+            raise Problem(problem)
+
+    b.run(SEALED, check, needs=["contract"])
 
 
 # ------------------------------------------------------------------------------------------- by kind
@@ -537,6 +567,10 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
                 instance = _check_algorithm(b, info, opts, digits, cache_dir)
     _check_pickle(b, info.cls, instance)
     _check_smoke(b, info, registry, options, plugins_dirs, data_root, cache_dir, isolated, no_tasks)
+    _check_sealed(b, info, registry, options, data_root, cache_dir, no_tasks)
+    if SEALED in b.passed and not failures(b.results):  # `run` marks records of stamped plugins `checked`
+        path = check_stamps.write_stamp(cache_dir, info.kind, info.name, info.cls)
+        b.results.append(CheckResult("stamp", True, f"passed at this code: {path.name}"))
     return b.results
 
 

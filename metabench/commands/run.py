@@ -24,7 +24,8 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                         cache_dir=Path(args.cache_dir or default_cache_dir()), device=device(args.device),
                         force=args.force, save_models=args.save_models,
-                        checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every)
+                        checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every,
+                        seal=args.seal)
     from metabench.execution.executors import (ExecutorError, check_suite_plugins, make_executor, run_suite,
                                                sigterm_exits)
 
@@ -138,5 +139,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     run.add_argument("--ray-gpus-per-run", type=float, metavar="G",
                      help="ray: GPUs (or a fraction of one) each run asks for (default: 1 with --device cuda, "
                           "else 0)")
+    run.add_argument("--seal", action=argparse.BooleanOptionalAction, default=None,
+                     help="meta-train and evaluate each run's task generator and algorithm in a sealed worker "
+                          "(bubblewrap: no labels, no data root, cache or results; writes only to scratch). "
+                          "Default: runs of unsupervised generators, where bubblewrap works; --seal: every run "
+                          "(supervised ones keep their training labels); --no-seal: none")
     run.set_defaults(func=main)
     return run

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 import metabench
-from metabench.engine import checkpoint, environment, memory, models, provenance
+from metabench.engine import checkpoint, check_stamps, environment, memory, models, provenance, sandbox, sealed
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, LabeledSplit, PluginError,
                                  RunContext, TaskGenerator)
 from metabench.engine.clustering import cluster_tasks, score_tasks
@@ -48,9 +48,18 @@ class Settings:
     force: bool = False
     checkpoint_every: float | None = 600.0  # seconds between mid-run checkpoints; 0: every step; None: never
     save_models: bool = False  # keep each run's trained model beside its record (:mod:`metabench.engine.models`)
+    seal: bool | None = None  # meta-train in a sealed worker (:mod:`metabench.engine.sealed`); None: unsupervised runs
+    hide: tuple[Path, ...] = ()  # more folders a sealed worker must not see (besides data root, cache, results)
 
 
 _sync, _Stage = sync, Stage  # their home is metabench.engine.training
+
+
+def _checkpoint_identity(spec: RunSpec, device: torch.device, plugins: tuple[type, ...]) -> dict[str, Any]:
+    """What a checkpoint must have been written under to be resumed: configuration, versions, code, device
+    and thread count."""
+    return {"config": spec.config(), "metabench": metabench.__version__, "torch": str(torch.__version__),
+            "code": checkpoint.code_fingerprint(*plugins), "device": str(device), "threads": torch.get_num_threads()}
 
 
 class _Resume:
@@ -69,9 +78,7 @@ class _Resume:
         self.losses: list[float] = []  # every loss so far, for the next checkpoint
         if self.every is None:
             return
-        self.identity = {"config": spec.config(), "metabench": metabench.__version__,
-                         "torch": str(torch.__version__), "code": checkpoint.code_fingerprint(*plugins),
-                         "device": str(s.device), "threads": torch.get_num_threads()}
+        self.identity = _checkpoint_identity(spec, s.device, plugins)
         if s.force:
             checkpoint.remove(self.path)
             return
@@ -107,6 +114,8 @@ class SuiteRunner:
         self.suite, self.registry, self.settings = suite, registry, settings
         self.out_dir = settings.results / suite.name
         self._datasets: dict[str, ImageSet] = {}
+        self._data_files: list[str] = []  # the files the dataset in memory was read from: hidden from sealed workers
+        self._worker: sealed.SealedWorker | None = None  # the sealed worker of the run in progress
         # today's data and code digests: a record's provenance, and whether an existing record is stale
         self.fingerprints = provenance.Fingerprints(registry, self._dataset)
         self.on_stage: Callable[[str], None] | None = None  # told "kind:name" of each plugin stage entered
@@ -133,8 +142,12 @@ class SuiteRunner:
             return self._execute(spec, stage, label)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # blame the plugin stage it happened in
-            raise RunFailure(stage.plugin, exc) from exc
+        except Exception as exc:  # blame the plugin stage it happened in (in a sealed worker: the worker's)
+            raise RunFailure(getattr(exc, "plugin", None) or stage.plugin, exc) from exc
+        finally:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
 
     # ----------------------------------------------------------------------------------- internals
 
@@ -143,7 +156,8 @@ class SuiteRunner:
         if key not in self._datasets:
             self._datasets.clear()  # keep one dataset in memory at a time
             ds = self.registry.get("dataset", plugin_name(name)).cls()
-            data = ds.load(DataContext(self.settings.data_root, self.settings.cache_dir, options))
+            data, self._data_files = sandbox.opened_files(
+                lambda: ds.load(DataContext(self.settings.data_root, self.settings.cache_dir, options)))
             if not isinstance(data, ImageSet):
                 raise PluginError(f"{name}: load() must return an ImageSet, got {type(data).__name__}")
             self.fingerprints.note(name, options, data)  # the record's data digest, while the tensors are here
@@ -164,44 +178,12 @@ class SuiteRunner:
             data = self._dataset(spec.dataset, ds_opts)
             train = data.split("train").to(dev)
 
-        with stage(f"task_generator:{spec.task_generator}"):
-            generator: TaskGenerator = gen_info.cls()
-            gctx = RunContext(dev, derive_seed(spec.run_seed, "task_generator"), p.train_ways, p.train_shots,
-                              p.train_queries, data.image_shape, gen_opts, self.settings.cache_dir,
-                              dataset=data.name, augmentation=ds_info.cls.augmentation)
-            generator.setup(train if generator.uses_labels else train.unlabeled(), gctx)
-
-        with stage(f"algorithm:{spec.algorithm}"):
-            algorithm = alg_info.cls()
-            actx = RunContext(dev, derive_seed(spec.run_seed, "algorithm"), p.train_ways, p.train_shots,
-                              p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir,
-                              unlabeled=train.unlabeled(), dataset=data.name,
-                              augmentation=ds_info.cls.augmentation)
-            algorithm.setup(actx)
-
-        episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
-        checked = {"n": 0, "tasks": 0}
-        resume = _Resume(self, spec, algorithm, episode_gen, checked, (ds_info.cls, gen_info.cls, alg_info.cls))
-
-        def stream() -> Iterator[EpisodeBatch]:
-            return task_stream(generator, spec.task_generator, spec.algorithm, b.meta_batch,
-                               (p.train_ways, p.train_shots, p.train_queries), data.image_shape, episode_gen,
-                               stage, checked)
-
         desc = f"{label} {spec.run_id.rsplit('__', 1)[0]}"
-        with progress(total=b.steps, initial=resume.start, desc=f"{desc} train", unit="step") as bar:
-            _sync(dev)
-            t0 = time.perf_counter()
-
-            def on_step(step: int, loss: float) -> None:
-                bar.update(1)
-                resume.after_step(step, loss, t0)
-
-            with stage(f"algorithm:{spec.algorithm}"):
-                budget = Budget(b.steps, b.meta_batch, resume.start)
-                losses = resume.prior_losses + algorithm.meta_train(stream(), budget, on_step=on_step)
-            _sync(dev)
-            train_s = resume.train_s + time.perf_counter() - t0
+        plugins = (ds_info.cls, gen_info.cls, alg_info.cls)
+        is_sealed = sealed.wanted(self.settings.seal, bool(gen_info.cls.uses_labels))
+        train_fn = self._train_sealed if is_sealed else self._train_here
+        algorithm, actx, losses, tasks, train_s, start = train_fn(spec, data, train, stage, plugins,
+                                                                  (gen_opts, alg_opts), desc)
 
         test, test_opts = self._test_split(spec, data, stage)
         evaluations = [self._evaluate(spec, t, algorithm, test, stage, desc) for t in p.tests]
@@ -223,15 +205,110 @@ class SuiteRunner:
             "config": config,
             "final_train_loss": losses[-1] if losses else None,
             "evaluations": evaluations,
-            "speed": {"meta_train_tasks_per_s": checked["tasks"] / train_s if checked["tasks"] else None,
-                      "meta_train_tasks": checked["tasks"],
+            "speed": {"meta_train_tasks_per_s": tasks / train_s if tasks else None,
+                      "meta_train_tasks": tasks,
                       "eval_tasks_per_s": (len(evaluations) * b.test_episodes / eval_s) if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
                       "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev),
-                      **({"resumed_from_step": resume.start} if resume.start else {})},
+                      **({"resumed_from_step": start} if start else {})},
             "environment": environment.describe(dev),
             "provenance": self.fingerprints.current(config),  # the data digest: once per dataset load
+            "isolation": check_stamps.isolation(is_sealed, self.settings.cache_dir,
+                                                [("task_generator", gen_info.name, gen_info.cls),
+                                                 ("algorithm", alg_info.name, alg_info.cls)]),
         }
+
+    def _train_here(self, spec: RunSpec, data: ImageSet, train: LabeledSplit, stage: _Stage,
+                    plugins: tuple[type, ...], opts: tuple[dict, dict], desc: str) -> tuple:
+        """Set up and meta-train the run's task generator and algorithm in this process; returns the
+        algorithm, its context, the losses, the tasks drawn, the training seconds and the step it started at."""
+        dev, p, b = self.settings.device, spec.protocol, spec.budget
+        ds_cls, gen_cls, alg_cls = plugins
+        gen_opts, alg_opts = opts
+        with stage(f"task_generator:{spec.task_generator}"):
+            generator: TaskGenerator = gen_cls()
+            gctx = RunContext(dev, derive_seed(spec.run_seed, "task_generator"), p.train_ways, p.train_shots,
+                              p.train_queries, data.image_shape, gen_opts, self.settings.cache_dir,
+                              dataset=data.name, augmentation=ds_cls.augmentation)
+            generator.setup(train if generator.uses_labels else train.unlabeled(), gctx)
+
+        with stage(f"algorithm:{spec.algorithm}"):
+            algorithm = alg_cls()
+            actx = RunContext(dev, derive_seed(spec.run_seed, "algorithm"), p.train_ways, p.train_shots,
+                              p.train_queries, data.image_shape, alg_opts, self.settings.cache_dir,
+                              unlabeled=train.unlabeled(), dataset=data.name,
+                              augmentation=ds_cls.augmentation)
+            algorithm.setup(actx)
+
+        episode_gen = make_generator(derive_seed(spec.run_seed, "train-episodes"), dev)
+        checked = {"n": 0, "tasks": 0}
+        resume = _Resume(self, spec, algorithm, episode_gen, checked, plugins)
+
+        def stream() -> Iterator[EpisodeBatch]:
+            return task_stream(generator, spec.task_generator, spec.algorithm, b.meta_batch,
+                               (p.train_ways, p.train_shots, p.train_queries), data.image_shape, episode_gen,
+                               stage, checked)
+
+        with progress(total=b.steps, initial=resume.start, desc=f"{desc} train", unit="step") as bar:
+            _sync(dev)
+            t0 = time.perf_counter()
+
+            def on_step(step: int, loss: float) -> None:
+                bar.update(1)
+                resume.after_step(step, loss, t0)
+
+            with stage(f"algorithm:{spec.algorithm}"):
+                budget = Budget(b.steps, b.meta_batch, resume.start)
+                losses = resume.prior_losses + algorithm.meta_train(stream(), budget, on_step=on_step)
+            _sync(dev)
+            train_s = resume.train_s + time.perf_counter() - t0
+
+        return algorithm, actx, losses, checked["tasks"], train_s, resume.start
+
+    def _train_sealed(self, spec: RunSpec, data: ImageSet, train: LabeledSplit, stage: _Stage,
+                      plugins: tuple[type, ...], opts: tuple[dict, dict], desc: str) -> tuple:
+        """:meth:`_train_here` in a sealed worker (:mod:`metabench.engine.sealed`) that sees the training
+        images (their labels only for a supervised generator) and nothing of the data root, the cache or the
+        results; it stays up to serve the evaluation, whose ``algorithm`` is its stand-in."""
+        s, p, b = self.settings, spec.protocol, spec.budget
+        ds_cls, gen_cls, alg_cls = plugins
+        gen_opts, alg_opts = opts
+        uses_labels = bool(gen_cls.uses_labels)
+        with stage(f"task_generator:{spec.task_generator}"):
+            cache = s.cache_dir / sealed.PLUGIN_CACHE[uses_labels]
+            s.results.mkdir(parents=True, exist_ok=True)  # hidden folders must exist before the worker starts
+            self._worker = worker = sealed.SealedWorker(
+                hidden_dirs=[s.data_root, s.cache_dir, s.results, *s.hide], hidden_files=self._data_files,
+                plugin_cache=cache, device=s.device)
+        worker.on_stage = stage
+        every = s.checkpoint_every if getattr(alg_cls, "resumable", False) else None
+        path, saved = checkpoint.checkpoint_path(self.out_dir, spec.run_id), None
+        identity = _checkpoint_identity(spec, s.device, plugins) if every is not None else None
+        if every is not None:
+            if s.force:
+                checkpoint.remove(path)
+            else:
+                saved = checkpoint.load(path, identity)
+        shape = [p.train_ways, p.train_shots, p.train_queries]
+        message = {
+            "threads": torch.get_num_threads(), "device": str(s.device), "plugins_dirs": list(self.registry.plugins_dirs),
+            "generator": {"entry": spec.task_generator, "options": gen_opts, "shape": shape,
+                          "seed": derive_seed(spec.run_seed, "task_generator")},
+            "algorithm": {"entry": spec.algorithm, "options": alg_opts, "shape": shape,
+                          "seed": derive_seed(spec.run_seed, "algorithm")},
+            "image_shape": list(data.image_shape), "dataset": data.name, "augmentation": ds_cls.augmentation,
+            "images": train.images, "labels": train.labels if uses_labels else None,
+            "meta_batch": b.meta_batch, "steps": b.steps, "episode_seed": derive_seed(spec.run_seed, "train-episodes"),
+            "cache_dir": str(cache), "checkpoint_every": every, "resume": saved}
+        with progress(total=b.steps, desc=f"{desc} train (sealed)", unit="step") as bar, \
+                stage(f"task_generator:{spec.task_generator}"):
+            done = sealed.train_sealed(worker, message, lambda state: checkpoint.save(path, {"identity": identity,
+                                                                                           **state}))
+            bar.update(b.steps)
+        actx = RunContext(s.device, derive_seed(spec.run_seed, "algorithm"), *shape, data.image_shape, alg_opts,
+                          s.cache_dir, dataset=data.name, augmentation=ds_cls.augmentation)
+        return (sealed.WorkerAlgorithm(worker, alg_cls), actx, done.losses, done.tasks, done.train_s,
+                done.start)
 
     def _test_split(self, spec: RunSpec, data: ImageSet, stage: _Stage) -> tuple[LabeledSplit, dict[str, Any]]:
         """The split the run is scored on and its dataset's options: the run's dataset's ``test`` split, or, for

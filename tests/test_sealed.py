@@ -1,0 +1,186 @@
+"""Sealed runs: honest plugins give the records they give unsealed, bit for bit; cheats that reach for labels
+(garbage collector, caller frames, registry, dataset files, cache) and vandals (deleting records, writing
+into the data root) fail ``check-plugin`` and get ``failed`` records from ``run``, and nothing is lost."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from metabench.checks.conformance import SEALED, check_plugin, failures
+from metabench.commands.cli import main
+from metabench.engine import check_stamps, sealed
+from metabench.engine.records import read_record
+from metabench.engine.registry import discover
+from tests.cheats import CHEATS, VANDALS
+from tests.helpers import scores, write_suite
+
+needs_bwrap = pytest.mark.skipif(not sealed.supported()[0], reason=f"cannot seal here: {sealed.supported()[1]}")
+
+TINY = """
+    name = "{name}"
+    datasets = ["{dataset}"]
+    task_generators = {generators}
+    algorithms = {algorithms}
+    seeds = [0]
+    [[protocols]]
+    ways = 5
+    shots = 1
+    queries = 3
+    [budget]
+    steps = {steps}
+    meta_batch = 2
+    test_episodes = 10
+    cluster_tasks = 4
+"""
+OPTIONS = {  # small models: every test here is about isolation, not accuracy
+    "protonet": "hidden = 8",
+    "cactus": 'embedding = "pixels"\npartitions = 2\nclusters = 12',
+    "meta_gmvae": "train_steps = 2\nimages_per_task = 30\nhidden = 16\nlatent = 8",
+}
+
+
+def _suite(tmp_path, name, generators, algorithms, dataset="digits", steps=3):
+    """A tiny digits suite; ``meta_gmvae`` pairs with the ``unlabeled`` generator only, as it learns alone."""
+    text = TINY.format(name=name, dataset=dataset, steps=steps, generators=list(generators),
+                       algorithms=list(algorithms)).replace("'", '"')
+    for plugin, body in OPTIONS.items():
+        if plugin in (*generators, *algorithms):
+            text += f"\n[options.{plugin}]\n{body}\n"
+    if "meta_gmvae" in algorithms:
+        text += "\n[budget.meta_gmvae]\nsteps = 0\nmeta_batch = 1\n"
+        text += "\n[[exclude]]\nalgorithm = \"meta_gmvae\"\ntask_generator = " + \
+            str([g for g in generators if g != "unlabeled"]).replace("'", '"') + "\n"
+    if "unlabeled" in generators:
+        text += "\n[[exclude]]\ntask_generator = \"unlabeled\"\nalgorithm = " + \
+            str([a for a in algorithms if a != "meta_gmvae"]).replace("'", '"') + "\n"
+    return write_suite(tmp_path / f"{name}.toml", text)
+
+
+def _plugins(tmp_path) -> Path:
+    plug = tmp_path / "plugins"
+    plug.mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).with_name("cheats.py"), plug / "cheats.py")
+    return plug
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    return {(r := read_record(p))["config"]["task_generator"] + "+" + r["config"]["algorithm"]: r
+            for p in sorted(folder.glob("*.json"))}
+
+
+@needs_bwrap
+def test_honest_records_are_bit_identical_sealed_and_unsealed(tmp_path, cache_dir):
+    suite = _suite(tmp_path, "honest", ["umtra", "cactus", "unlabeled"], ["protonet", "meta_gmvae"])
+    got = {}
+    for flag in ("--no-seal", "--seal"):
+        out = tmp_path / flag.strip("-")
+        assert main(["run", str(suite), "--results", str(out), "--cache-dir", str(cache_dir), flag]) == 0
+        got[flag] = _records(out / "honest")
+    assert set(got["--seal"]) == {"umtra+protonet", "cactus+protonet", "unlabeled+meta_gmvae"}
+    for key, rec in got["--seal"].items():
+        plain = got["--no-seal"][key]
+        assert rec["isolation"]["sealed"] is True and plain["isolation"]["sealed"] is False
+        assert rec["isolation"]["code_digest"] == plain["isolation"]["code_digest"]
+        assert scores(rec) == scores(plain), key
+        assert rec["final_train_loss"] == plain["final_train_loss"], key
+        assert rec["speed"]["meta_train_tasks"] == plain["speed"]["meta_train_tasks"]
+    assert "own_nmi" in got["--seal"]["unlabeled+meta_gmvae"]["evaluations"][0]["metrics"]  # cluster() served
+
+
+@needs_bwrap
+def test_cheats_and_vandals_get_failed_records_and_nothing_is_lost(tmp_path, cache_dir, monkeypatch):
+    results, data_root = tmp_path / "results", tmp_path / "data"
+    (data_root / "MNIST").mkdir(parents=True)
+    (data_root / "MNIST" / "README").write_text("data that must stay as it is\n")
+    honest = _suite(tmp_path, "honest", ["umtra"], ["protonet"])
+    args = ["--results", str(results), "--cache-dir", str(cache_dir), "--data-root", str(data_root)]
+    assert main(["run", str(honest), *args]) == 0
+    (kept,) = (results / "honest").glob("*.json")
+    before_record, before_data = kept.read_bytes(), _tree_digest(data_root)
+    monkeypatch.setenv("CHEAT_RESULTS", str(results))
+    monkeypatch.setenv("CHEAT_DATA_ROOT", str(data_root))
+    plug = _plugins(tmp_path)
+    cheats = _suite(tmp_path, "cheats", CHEATS, ["protonet"])
+    vandals = _suite(tmp_path, "vandals", ["umtra"], VANDALS)
+    for suite in (cheats, vandals):
+        assert main(["run", str(suite), *args, "--plugins-dir", str(plug)]) == 1
+    got = {**_records(results / "cheats"), **_records(results / "vandals")}
+    assert set(got) == {f"{c}+protonet" for c in CHEATS} | {f"umtra+{v}" for v in VANDALS}
+    for key, rec in got.items():
+        assert rec["status"] == "failed", key
+    assert "broke the seal" in got["umtra+vandal_eraser"]["error"]
+    assert "broke the seal" in got["umtra+vandal_scribbler"]["error"]
+    for name in ("cheat_registry", "cheat_files", "cheat_cache"):
+        assert "broke the seal" in got[f"{name}+protonet"]["error"], got[f"{name}+protonet"]["error"]
+    assert kept.read_bytes() == before_record
+    assert _tree_digest(data_root) == before_data
+
+
+@needs_bwrap
+def test_real_mnist_cheats_fail_sealed(tmp_path, cache_dir, data_root, monkeypatch):
+    if not (data_root / "MNIST" / "raw").is_dir():
+        pytest.skip("no MNIST under the data root")
+    before = _tree_digest(data_root / "MNIST")
+    monkeypatch.setenv("CHEAT_DATA_ROOT", str(data_root))
+    suite = _suite(tmp_path, "mnist-cheats", CHEATS, ["protonet"], dataset="mnist", steps=1)
+    args = ["--results", str(tmp_path / "r"), "--cache-dir", str(cache_dir), "--data-root", str(data_root)]
+    assert main(["run", str(suite), *args, "--plugins-dir", str(_plugins(tmp_path))]) == 1
+    got = _records(tmp_path / "r" / "mnist-cheats")
+    assert len(got) == len(CHEATS) and all(r["status"] == "failed" for r in got.values())
+    assert _tree_digest(data_root / "MNIST") == before
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", [*CHEATS, *VANDALS])
+def test_every_cheat_and_vandal_fails_check_plugin(name, tmp_path, cache_dir, monkeypatch):
+    # what the vandals go for: ./results and a data root (check-plugin also runs plugins in its own process)
+    monkeypatch.chdir(tmp_path)
+    for bait in ("results", "data"):
+        (tmp_path / bait).mkdir()
+        (tmp_path / bait / "record.json").write_text("{}\n")
+    monkeypatch.setenv("CHEAT_RESULTS", "results")
+    monkeypatch.setenv("CHEAT_DATA_ROOT", "data")
+    results = {r.check: r for r in check_plugin(name, plugins_dirs=[_plugins(tmp_path)], cache_dir=cache_dir,
+                                                   isolated=False)}
+    assert results[SEALED].ok is False, results[SEALED]
+    assert "stamp" not in results
+    info = discover([tmp_path / "plugins"]).get("algorithm" if name in VANDALS else "task_generator", name)
+    assert not check_stamps.is_checked(cache_dir, info.kind, name, info.cls)
+
+
+@needs_bwrap
+def test_a_checked_plugin_is_stamped_and_its_records_say_so(tmp_path, cache_dir):
+    results = check_plugin("umtra", "task_generator", cache_dir=tmp_path / "cache", isolated=False)
+    assert not failures(results), failures(results)
+    assert {r.check: r for r in results}[SEALED].ok
+    suite = _suite(tmp_path, "stamped", ["umtra"], ["protonet"])
+    args = ["--results", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(["run", str(suite), *args]) == 0
+    (rec,) = _records(tmp_path / "r" / "stamped").values()
+    assert rec["isolation"]["sealed"] is True and rec["isolation"]["checked"] is False  # protonet: no stamp
+    registry = discover()
+    check_stamps.write_stamp(tmp_path / "cache", "algorithm", "protonet", registry.get("algorithm", "protonet").cls)
+    assert main(["run", str(suite), *args, "--force"]) == 0
+    (rec,) = _records(tmp_path / "r" / "stamped").values()
+    assert rec["isolation"] == {**rec["isolation"], "sealed": True, "checked": True}
+
+
+def test_without_bubblewrap_runs_go_on_unsealed_with_a_loud_warning(tmp_path, cache_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sealed, "supported", lambda: (False, "no bubblewrap in this test"))
+    suite = _suite(tmp_path, "unsealed", ["umtra"], ["protonet"])
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), "--cache-dir", str(cache_dir)]) == 0
+    (rec,) = _records(tmp_path / "r" / "unsealed").values()
+    assert rec["status"] == "ok" and rec["isolation"]["sealed"] is False
+    assert "NOT sealed: no bubblewrap in this test" in capsys.readouterr().err
