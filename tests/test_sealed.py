@@ -184,3 +184,29 @@ def test_without_bubblewrap_runs_go_on_unsealed_with_a_loud_warning(tmp_path, ca
     (rec,) = _records(tmp_path / "r" / "unsealed").values()
     assert rec["status"] == "ok" and rec["isolation"]["sealed"] is False
     assert "NOT sealed: no bubblewrap in this test" in capsys.readouterr().err
+
+
+@needs_bwrap
+def test_a_sealed_run_checkpoints_through_the_supervisor_and_resumes_bit_identically(tmp_path, cache_dir,
+                                                                                     monkeypatch):
+    from metabench.engine import checkpoint
+
+    suite = _suite(tmp_path, "resume", ["umtra"], ["protonet"], steps=6)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert main(["run", str(suite), "--results", str(whole), "--cache-dir", str(cache_dir)]) == 0
+    save, saved = checkpoint.save, []
+
+    def save_then_stop(path, payload):  # the worker's third checkpoint is written, then the run dies
+        save(path, payload)
+        saved.append(payload["step"])
+        if len(saved) == 3:
+            raise RuntimeError("interrupted")
+
+    args = ["run", str(suite), "--results", str(broken), "--cache-dir", str(cache_dir), "--checkpoint-every", "0"]
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
+    assert main(args) == 1
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert main(args) == 0
+    (a,), (b,) = _records(whole / "resume").values(), _records(broken / "resume").values()
+    assert saved == [1, 2, 3] and b["speed"]["resumed_from_step"] == 3 and b["isolation"]["sealed"]
+    assert scores(a) == scores(b) and a["final_train_loss"] == b["final_train_loss"]
