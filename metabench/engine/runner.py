@@ -21,6 +21,7 @@ from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, La
                                  RunContext, TaskGenerator)
 from metabench.engine.clustering import cluster_tasks, score_tasks
 from metabench.engine.evaluation import cluster_own, embed_tasks, evaluate, fixed_episode_indices, mean_ci95
+from metabench.engine.paths import default_cache_dir, default_data_root
 from metabench.engine.progress import progress
 from metabench.engine.records import SCHEMA_VERSION
 from metabench.engine.registry import Registry
@@ -278,7 +279,9 @@ class SuiteRunner:
             cache = s.cache_dir / sealed.PLUGIN_CACHE[uses_labels]
             s.results.mkdir(parents=True, exist_ok=True)  # hidden folders must exist before the worker starts
             self._worker = worker = sealed.SealedWorker(
-                hidden_dirs=[s.data_root, s.cache_dir, s.results, *s.hide], hidden_files=self._data_files,
+                # the default data root and cache too: a run given other folders must not find the usual ones
+                hidden_dirs=[s.data_root, s.cache_dir, s.results, default_data_root().resolve(), default_cache_dir(),
+                             *s.hide], hidden_files=self._data_files,
                 plugin_cache=cache, device=s.device)
         worker.on_stage = stage
         every = s.checkpoint_every if getattr(alg_cls, "resumable", False) else None
