@@ -159,8 +159,10 @@ def test_a_new_plugin_installed_from_outside_passes_and_runs(tmp_path, cache_dir
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "smoke run (worker process)  PASS" in checked.stdout
     listed = json.loads(metabench("list", "--json").stdout)
+    keys = ("kind", "name", "origin", "version", "description")
     assert {"kind": "algorithm", "name": "outsider", "origin": "metabench-outsider", "version": "0.1.0",
-            "description": "Nearest class mean on raw pixels (template: replace with your method)"} in listed
+            "description": "Nearest class mean on raw pixels (template: replace with your method)"} in \
+        [{k: item[k] for k in keys} for item in listed]
     suite = write_suite(tmp_path / "s.toml", """
         name = "outsider"
         datasets = ["digits"]
