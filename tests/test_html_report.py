@@ -7,6 +7,7 @@ set (``.ci/run`` sets it), which makes a missing browser a failure: in CI they a
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from metabench.report.html import average_ranks, pareto
+from metabench.report.html import average_ranks, pareto, plotly_script
 from metabench.report.leaderboard import write_leaderboard
 from metabench.report.summary import protocol_tables, summarize
 from tests.helpers import make_record
@@ -80,7 +81,15 @@ def test_page_is_deterministic_and_fetches_nothing(tmp_path):
     a, b = (tmp_path / "a" / "index.html").read_bytes(), (tmp_path / "b" / "index.html").read_bytes()
     assert a == b
     page = a.decode()
-    assert not re.search(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=""", page), "no external resource"
+    # the one resource is the vendored plotly.js beside the page, whose hash the page names
+    srcs = re.findall(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*"([^"]*)\"""", page)
+    name, _, sha = plotly_script()
+    assert srcs == [name] and "/" not in name and f'<meta name="plotly-sha256" content="{sha}">' in page
+    vendored = tmp_path / "a" / name
+    assert hashlib.sha256(vendored.read_bytes()).hexdigest() == sha and len(page) < 200_000
+    stamp = vendored.stat().st_mtime_ns
+    write_leaderboard(recs, tmp_path / "a")
+    assert vendored.stat().st_mtime_ns == stamp, "an unchanged plotly.js is not rewritten"
     assert page.count("Plotly.newPlot(") == 1 and "&lt;b&gt;boom&lt;/b&gt;" in page  # error text is escaped
     assert all(f'id="{fid}"' in page for fid in EXPECTED_TRACES)
     assert 'id="fig-nmi-omniglot-5-5-15"' not in page
@@ -146,6 +155,7 @@ def open_page(driver, path: Path) -> dict:
         return {
           errors: window.__errors,
           resources: performance.getEntriesByType('resource').map(e => e.name),
+          load_ms: performance.getEntriesByType('navigation').map(e => e.loadEventEnd - e.startTime)[0],
           sections: Array.from(document.querySelectorAll('section.paper, section.protocol')).map(s => ({
               title: s.querySelector('h2').textContent.trim(),
               rows: Array.from(s.querySelectorAll('table tr')).map(cells)})),
@@ -181,7 +191,10 @@ def assert_same_tables_as_markdown(info: dict, md: str) -> None:
 def assert_clean(info: dict) -> None:
     assert info["errors"] == [], f"JavaScript errors: {info['errors']}"
     assert info["log"] == [], f"console errors: {info['log']}"
-    assert info["resources"] == [], f"the page fetched {info['resources']}"
+    # the vendored plotly.js beside the page is its one script (Chromium does not list file: loads in the
+    # resource timeline; the plots rendering shows it loaded): nothing else, nothing from the network
+    assert all(r.startswith("file://") and r.rsplit("/", 1)[-1] == plotly_script()[0] for r in info["resources"]), \
+        f"the page fetched {info['resources']}"
 
 
 def test_page_renders_in_headless_chromium(browser, tmp_path):
@@ -222,4 +235,6 @@ def test_committed_leaderboard_page_matches_its_markdown(browser, tmp_path):
     assert_clean(info)
     assert_same_tables_as_markdown(info, md.read_text())
     assert all(v["full"] == v["data"] == v["drawn"] > 0 for v in info["plots"].values()), info["plots"]
+    assert info["load_ms"] > 0  # the page's load time (navigation start to load event), printed with -s
+    print(f"leaderboards/index.html: loaded in {info['load_ms']:.0f} ms, {len(info['plots'])} plots")
     assert browser.save_screenshot(str(tmp_path / "committed.png"))

@@ -6,6 +6,7 @@ import copy
 import pytest
 
 from metabench.commands.cli import main
+from metabench.report.html import plotly_script
 from metabench.report.summary import summarize
 from metabench.engine.records import SCHEMA_VERSION, RecordError, load_records, read_record, write_record
 
@@ -70,7 +71,7 @@ def test_leaderboard_is_byte_identical_and_survives_a_corruptmake_record(tmp_pat
         assert main(["leaderboard", "--results", str(tmp_path / "results"), "--out", str(out)]) == 0
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert outs[0] == outs[1] and set(outs[0]) == {"README.md", "leaderboard.csv", "index.html",
-                                                      "REPRODUCTION.md"}
+                                                      "REPRODUCTION.md", plotly_script()[0]}
     err = capsys.readouterr().err
     assert "zz_corrupt.json" in err and "not valid JSON" in err
     md = outs[0]["README.md"].decode()

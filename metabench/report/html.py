@@ -6,12 +6,16 @@ Per dataset and protocol: a sortable table (click a header), accuracy with 95% C
 task generator, accuracy against meta-training throughput with its Pareto frontier, and clustering NMI where
 the records have it; then the average rank across datasets and protocols (as Meta-Dataset reports).
 
-Plots are plotly figures; plotly.js is inlined once. The page is deterministic: figure ids derive from the
-dataset and protocol, figure JSON is written with sorted keys, and nothing depends on time or randomness, so
-the same records (and the same plotly version) give the same bytes.
+Plots are plotly figures. plotly.js (4.8 MB) is not inlined: it is one vendored file beside the page,
+``plotly-<version>.min.js`` (:func:`plotly_script`), loaded by a relative ``<script src>``, so the folder works
+offline and a regeneration rewrites only the page (the script's bytes change only with the plotly version; its
+SHA-256 is in the page's ``plotly-sha256`` meta tag and checked by the tests). The page is deterministic: figure
+ids derive from the dataset and protocol, figure JSON is written with sorted keys, and nothing depends on time or
+randomness, so the same records (and the same plotly version) give the same bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -206,10 +210,21 @@ def _figure_json(fig: dict) -> str:
     return json.dumps(fig, sort_keys=True, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
 
 
-def render_html(df: pd.DataFrame, failed: list[dict[str, Any]], n_records: int) -> str:
-    """The whole page as a string (plotly.js inlined); a pure function of its arguments."""
+def plotly_script() -> tuple[str, str, str]:
+    """``(file name, contents, sha256 hex)`` of the plotly.js bundle the page loads from beside itself."""
     from plotly import __version__ as plotly_version
     from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    return f"plotly-{plotly_version}.min.js", js, hashlib.sha256(js.encode("utf-8")).hexdigest()
+
+
+def render_html(df: pd.DataFrame, failed: list[dict[str, Any]], n_records: int) -> str:
+    """The whole page as a string (plotly.js loaded from :func:`plotly_script`'s file beside it); a pure
+    function of its arguments."""
+    from plotly import __version__ as plotly_version
+
+    script_name, _, script_sha = plotly_script()
 
     tables = protocol_tables(df)
     generators = sorted(df.task_generator.unique()) if not df.empty else []
@@ -264,7 +279,8 @@ def render_html(df: pd.DataFrame, failed: list[dict[str, Any]], n_records: int) 
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f'<meta name="generator" content="metabench leaderboard (plotly {plotly_version})">',
         "<title>metabench leaderboard</title>", f"<style>{_CSS}</style>",
-        f"<script>{get_plotlyjs()}</script>", "</head>", "<body>", *body,
+        f'<meta name="plotly-sha256" content="{script_sha}">',
+        f'<script src="{html.escape(script_name)}"></script>', "</head>", "<body>", *body,
         f"<script>{_SORT_JS}</script>",
         f"<script>\nconst FIGURES = {figs_js};\nconst CONFIG = {json.dumps(PLOT_CONFIG, sort_keys=True)};\n"
         "for (const [id, fig] of FIGURES) { Plotly.newPlot(id, fig.data, fig.layout, CONFIG); }\n</script>",
