@@ -54,8 +54,9 @@ def _stale_records(records: list[dict], reg, data_root: Path, cache_dir: Path) -
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the command on ``sub``."""
     lb = sub.add_parser("leaderboard", parents=[plugins_parent()], help="regenerate the leaderboards from the records")
-    lb.add_argument("--results", default="results", help="folder searched recursively for records")
-    lb.add_argument("--out", default="leaderboards",
+    lb.add_argument("--results", default="runs", help="folder searched recursively for records (default runs/, "
+                    "your own; the committed leaderboards/ come from --results results --out leaderboards)")
+    lb.add_argument("--out", default="runs/leaderboards",
                     help="where README.md, leaderboard.csv, index.html and REPRODUCTION.md go")
     lb.add_argument("--strict", action="store_true", help="exit 1 when a record had to be left out")
     lb.add_argument("--data-root", help="data root, to tell whether records' data changed (default "

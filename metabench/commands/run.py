@@ -105,7 +105,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the command on ``sub``."""
     run = sub.add_parser("run", parents=[plugins_parent()], help="run a suite file")
     run.add_argument("suite", help="a suite TOML file")
-    run.add_argument("--results", default="results", help="results root; records go to RESULTS/<suite>/")
+    run.add_argument("--results", default="runs", help="results root; records go to RESULTS/<suite>/ (default runs/, "
+                     "ignored by git; the committed reference records are written with --results results)")
     run.add_argument("--data-root", help="folder with omniglot-py/, MNIST/, splits/ (default $METABENCH_DATA "
                                          "or ./data)")
     run.add_argument("--cache-dir", help="where decoded tensors are cached (default $METABENCH_CACHE or "
