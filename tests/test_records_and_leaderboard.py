@@ -86,3 +86,16 @@ def test_leaderboard_is_byte_identical_and_survives_a_corruptmake_record(tmp_pat
                  "--strict"]) == 1
     recs, errors = load_records(tmp_path / "results")
     assert len(recs) == 4 and len(errors) == 1
+
+
+def test_cross_domain_runs_get_their_own_tables_and_never_pair_with_in_domain_runs():
+    from metabench.report.compare import compare
+    from metabench.report.summary import protocol_tables
+
+    home, away = make_record("home", acc=0.9), copy.deepcopy(make_record("away", acc=0.5))
+    away["config"]["test_dataset"] = "cub"
+    titles = [t.title for t in protocol_tables(summarize([home, away]))]
+    ds = home["config"]["dataset"]
+    assert len(titles) == 2 and sum(t.startswith(f"{ds} -> cub") for t in titles) == 1, titles
+    cmp = compare([home], [away])
+    assert not cmp.pairs, "a cross-domain run is not the in-domain run's pair"

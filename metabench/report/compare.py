@@ -37,8 +37,10 @@ CORRECTIONS = ("holm", "none")
 
 
 def identity(record: dict[str, Any]) -> tuple:
-    """The run identity used for matching: the :data:`IDENTITY` fields of the record's config."""
-    return tuple(record["config"][k] for k in IDENTITY)
+    """The run identity used for matching: the :data:`IDENTITY` fields of the record's config, then its
+    ``test_dataset`` ("" in-domain), so a cross-domain run never pairs with an in-domain one."""
+    c = record["config"]
+    return (*(c[k] for k in IDENTITY), c.get("test_dataset", ""))
 
 
 def load_side(path: str | Path) -> tuple[list[dict[str, Any]], list[RecordError]]:

@@ -39,14 +39,16 @@ def _ci_over_seeds(means: list[float], cis: list[float]) -> float:
 
 
 def summarize(records: list[dict[str, Any]], stale: Collection[str] = ()) -> pd.DataFrame:
-    """One row per (dataset, protocol, suite, algorithm, task generator, config), aggregated over seeds;
+    """One row per (dataset, protocol, suite, algorithm, task generator, config), aggregated over seeds (a
+    cross-domain run's dataset reads ``train -> test``, its own tables);
     ``marks`` (:mod:`metabench.report.marks`) from the records and ``stale``, the run ids judged stale."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in views(records):
         if r["status"] != "ok":
             continue
         c = r["config"]
-        key = (c["dataset"], c["ways"], c["shots"], c["queries"], c["suite"], c["algorithm"],
+        dataset = f"{c['dataset']} -> {c['test_dataset']}" if c.get("test_dataset") else c["dataset"]
+        key = (dataset, c["ways"], c["shots"], c["queries"], c["suite"], c["algorithm"],
                c["task_generator"], _config_hash(c))
         groups.setdefault(key, []).append(r)
     rows = []
