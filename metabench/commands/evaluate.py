@@ -13,6 +13,17 @@ from metabench.commands.common import device, plugins_parent, registry
 from metabench.engine.paths import default_cache_dir, default_data_root
 
 
+def _test_split(reg, c: dict, scored: str, data, args, cache_dir: Path):
+    """The test split the record was scored on: the model's dataset's, or a cross-domain run's test dataset's
+    (loaded with the options the record names)."""
+    from metabench.contracts import DataContext
+
+    if scored == c["dataset"]:
+        return data.split("test")
+    info, opts = reg.resolve("dataset", scored, c["options"].get(scored))
+    return info.cls().load(DataContext(Path(args.data_root or default_data_root()), cache_dir, opts)).split("test")
+
+
 def main(args: argparse.Namespace) -> int:
     """Load the model, its dataset and its algorithm; score the episodes; print (or ``--json``) the result."""
     from metabench.contracts import DataContext, PluginError
@@ -59,14 +70,15 @@ def main(args: argparse.Namespace) -> int:
                             "episode_accuracy": accs.tolist()})
             results[-1]["accuracy_mean"], results[-1]["accuracy_ci95"] = mean_ci95(accs)
         else:
-            test = data.split("test").to(dev)
+            scored = c.get("test_dataset") or c["dataset"]  # a cross-domain run is scored on another dataset
+            test = _test_split(reg, c, scored, data, args, cache_dir).to(dev)
             record = _record_beside(model.path)
             for i, t in enumerate(test_shapes(c)):
                 idx = fixed_episode_indices(test, t.ways, t.shots, t.queries, c["budget"]["test_episodes"],
-                                            episode_seed(c["dataset"], t, c["seed"]))
+                                            episode_seed(scored, t, c["seed"]))
                 if args.export_episodes:
-                    out = Path(args.export_episodes) / f"{c['dataset']}-{t.tag}-seed{c['seed']}.json"
-                    write_index_episodes(out, idx, t.shots, None, c["dataset"], "test")
+                    out = Path(args.export_episodes) / f"{scored}-{t.tag}-seed{c['seed']}.json"
+                    write_index_episodes(out, idx, t.shots, None, scored, "test")
                     print(f"metabench: wrote {out}", file=sys.stderr)
                 accs = evaluate(algorithm, test, idx, t.shots, batch)
                 mean, ci = mean_ci95(accs)
@@ -75,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
                 if record is not None and i < len(record["evaluations"]):
                     row["matches_record"] = record["evaluations"][i]["metrics"]["episode_correct"] == correct
                 results.append(row)
-    except (EpisodeSetError, PluginError) as exc:
+    except (EpisodeSetError, PluginError, UnknownPluginError, FileNotFoundError) as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
