@@ -110,7 +110,7 @@ def test_cluster_recovers_a_well_separated_mixture():
     labels = torch.randint(0, 5, (3, 40), generator=g)
     z = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, 8)) + torch.randn(3, 40, 8, generator=g) * 0.3
     alg.net.posterior = lambda x: (x.flatten(2), torch.zeros_like(x.flatten(2)))   # latents = the inputs
-    for covariance in ("identity", "tied"):
+    for covariance in ("diag", "tied", "identity"):
         alg.o = {**alg.o, "cluster_covariance": covariance}
         ids = alg.cluster(z.view(3, 40, 1, 1, 8), 5)
         assert ids.dtype == torch.int64 and ids.shape == (3, 40) and int(ids.min()) >= 0 and int(ids.max()) < 5
