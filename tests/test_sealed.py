@@ -96,6 +96,11 @@ def test_honest_records_are_bit_identical_sealed_and_unsealed(tmp_path, cache_di
         assert scores(rec) == scores(plain), key
         assert rec["final_train_loss"] == plain["final_train_loss"], key
         assert rec["speed"]["meta_train_tasks"] == plain["speed"]["meta_train_tasks"]
+        # a sealed run's memory counts both processes: the worker holds the model and the training images too
+        speed = rec["speed"]
+        assert speed["worker_peak_mem_mb"] > 50 and speed["supervisor_peak_mem_mb"] > 50
+        assert speed["peak_mem_mb"] == speed["supervisor_peak_mem_mb"] + speed["worker_peak_mem_mb"]
+        assert "worker_peak_mem_mb" not in plain["speed"]
     assert "own_nmi" in got["--seal"]["unlabeled+meta_gmvae"]["evaluations"][0]["metrics"]  # cluster() served
 
 

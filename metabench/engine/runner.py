@@ -192,6 +192,7 @@ class SuiteRunner:
         config = spec.config()
         config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts,
                              **({spec.test_dataset: test_opts} if spec.test_dataset != spec.dataset else {})}
+        peak = self._peak_memory(dev)
         saved = {}
         if self.settings.save_models:
             with stage(f"algorithm:{spec.algorithm}"):
@@ -210,7 +211,7 @@ class SuiteRunner:
                       "meta_train_tasks": tasks,
                       "eval_tasks_per_s": (len(evaluations) * b.test_episodes / eval_s) if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
-                      "wall_s": time.perf_counter() - wall0, "peak_mem_mb": memory.peak_mb(dev),
+                      "wall_s": time.perf_counter() - wall0, **peak,
                       **({"resumed_from_step": start} if start else {})},
             "environment": environment.describe(dev),
             "provenance": self.fingerprints.current(config),  # the data digest: once per dataset load
@@ -218,6 +219,15 @@ class SuiteRunner:
                                                 [("task_generator", gen_info.name, gen_info.cls),
                                                  ("algorithm", alg_info.name, alg_info.cls)]),
         }
+
+    def _peak_memory(self, dev: torch.device) -> dict[str, float]:
+        """``peak_mem_mb`` of the run: this process's peak, plus the sealed worker's when there is one (the two
+        live side by side, so their sum bounds what the run needs), each also given on its own."""
+        here = memory.peak_mb(dev)
+        if self._worker is None:
+            return {"peak_mem_mb": here}
+        worker = float(self._worker.request("peak_mem", str(dev)))
+        return {"peak_mem_mb": here + worker, "supervisor_peak_mem_mb": here, "worker_peak_mem_mb": worker}
 
     def _train_here(self, spec: RunSpec, data: ImageSet, train: LabeledSplit, stage: _Stage,
                     plugins: tuple[type, ...], opts: tuple[dict, dict], desc: str) -> tuple:

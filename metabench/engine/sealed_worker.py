@@ -172,6 +172,9 @@ def _serve(chan: Any, algorithm: Any, stage: Any, alg_entry: str, guard: Guard) 
                 value = out(algorithm.cluster(msg[1], msg[2]))
             elif kind == "state":
                 value = algorithm.state_dict()
+            elif kind == "peak_mem":     # this process's peak memory (MiB) on the given device, since it started
+                from metabench.engine import memory
+                value = memory.peak_mb(torch.device(msg[1]))
             else:
                 raise ValueError(f"unknown request {kind!r}")
         chan.send("result", value, list(guard.violations))
