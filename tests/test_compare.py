@@ -152,3 +152,24 @@ def test_unmatched_failed_duplicate_and_incomparable_runs(tmp_path, capsys):
     only_new = write_side(tmp_path / "x", [record("fomaml", 0, c)])
     assert main(["compare", str(b), str(only_new)]) == 2
     assert main(["compare", str(b), str(n), "--alpha", "2"]) == 2
+
+
+def test_match_episodes_pairs_two_methods_on_their_shared_episodes(tmp_path, capsys):
+    counts = base_counts(11)
+    clr = record("ssl_protonet", 0, counts, gen="unlabeled")
+    psco = record("psco", 0, shifted(counts, 2, 5), gen="unlabeled")
+    other_seed = record("psco", 1, counts, gen="unlabeled")
+    b, n = write_side(tmp_path / "b", [clr]), write_side(tmp_path / "n", [psco, other_seed])
+    assert main(["compare", str(b), str(n)]) == 2                      # by run identity: nothing matches
+    capsys.readouterr()
+    assert main(["compare", str(b), str(n), "--match", "episodes"]) == 0
+    out = capsys.readouterr().out
+    assert "improvement" in out and "algorithm: 'ssl_protonet' -> 'psco'" in out
+    cmp = compare([clr], [psco, other_seed], match="episodes")
+    assert len(cmp.pairs) == 1 and cmp.pairs[0].verdict == "improvement" and cmp.pairs[0].effect > 0
+    assert [i["seed"] for i in cmp.only_in_new] == [1]
+    # two records on the same episodes on one side cannot be paired: left out with a warning
+    dup = compare([clr], [psco, record("maml", 0, counts, gen="unlabeled")], match="episodes")
+    assert not dup.pairs and dup.duplicates
+    with pytest.raises(ValueError):
+        compare([clr], [psco], match="bogus")

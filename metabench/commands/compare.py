@@ -8,7 +8,7 @@ def main(args: argparse.Namespace) -> int:
     from metabench.report.compare import main as compare_main
 
     return compare_main(args.base, args.new, alpha=args.alpha, test=args.test, correction=args.correction,
-                        as_json=args.json)
+                        as_json=args.json, match=args.match)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="paired test on per-episode accuracy (default: paired t-test)")
     cmp.add_argument("--correction", choices=["holm", "none"], default="holm",
                      help="multiple-comparison correction over the matched runs (default: holm)")
+    cmp.add_argument("--match", choices=["run", "episodes"], default="run",
+                     help="pair records by run identity (default: the same method, e.g. before and after a "
+                          "change) or by their test episodes alone (two methods on the episodes they share)")
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp.set_defaults(func=main)
     return cmp

@@ -14,6 +14,10 @@ episodes and each difference is tested on the paired per-episode accuracies (``m
   chance of any false alarm over the whole comparison at ``alpha``; ``"none"`` tests each pair at ``alpha``;
 * a pair is an improvement or a regression when its adjusted p < ``alpha``, else a tie.
 
+``match="episodes"`` pairs records by their test episodes alone -- (dataset, ways, shots, queries, seed) --
+so two methods (any task generator and algorithm) are compared on the episodes they share: e.g. PsCo
+against ProtoCLR, ``metabench compare CLR.json PSCO.json --match episodes``.
+
 A run that is ``ok`` in BASE and ``failed`` in NEW is reported as ``failed``; like a significant regression
 it makes the command exit 1. Throughput changes are ratios NEW / BASE of tasks per second.
 """
@@ -32,15 +36,18 @@ from scipy import stats
 from metabench.engine.records import RecordError, load_records, read_record, views
 
 IDENTITY = ("dataset", "ways", "shots", "queries", "task_generator", "algorithm", "seed")
+EPISODES = ("dataset", "ways", "shots", "queries", "seed")  # what the test episodes depend on
+MATCHES = {"run": IDENTITY, "episodes": EPISODES}
 TESTS = ("ttest", "wilcoxon")
 CORRECTIONS = ("holm", "none")
 
 
-def identity(record: dict[str, Any]) -> tuple:
-    """The run identity used for matching: the :data:`IDENTITY` fields of the record's config, then its
-    ``test_dataset`` ("" in-domain), so a cross-domain run never pairs with an in-domain one."""
+def identity(record: dict[str, Any], match: str = "run") -> tuple:
+    """The key used for matching: the :data:`IDENTITY` fields of the record's config (``match="episodes"``:
+    the :data:`EPISODES` fields), then its ``test_dataset`` ("" in-domain), so a cross-domain run never
+    pairs with an in-domain one."""
     c = record["config"]
-    return (*(c[k] for k in IDENTITY), c.get("test_dataset", ""))
+    return (*(c[k] for k in MATCHES[match]), c.get("test_dataset", ""))
 
 
 def load_side(path: str | Path) -> tuple[list[dict[str, Any]], list[RecordError]]:
@@ -164,14 +171,16 @@ def _changed(base: dict[str, Any], new: dict[str, Any], prefix: str = "") -> lis
     return out
 
 
-def _index(records: list[dict[str, Any]], side: str, dups: list[str]) -> dict[tuple, dict[str, Any]]:
+def _index(records: list[dict[str, Any]], side: str, dups: list[str],
+           match: str = "run") -> dict[tuple, dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(identity(r), []).append(r)
+        groups.setdefault(identity(r, match), []).append(r)
     out = {}
     for key, rs in groups.items():
         if len(rs) > 1:
-            dups.append(f"{side}: {len(rs)} records share identity {dict(zip(IDENTITY, key))} "
+            dups.append(f"{side}: {len(rs)} records share {'identity' if match == 'run' else 'test episodes'} "
+                        f"{dict(zip(MATCHES[match], key))} "
                         f"({', '.join(sorted(r['run_id'] for r in rs))}); left out")
         else:
             out[key] = rs[0]
@@ -206,8 +215,11 @@ def _pair(b: dict[str, Any], n: dict[str, Any], test: str) -> PairResult:
 
 
 def compare(base: list[dict[str, Any]], new: list[dict[str, Any]], alpha: float = 0.05, test: str = "ttest",
-            correction: str = "holm") -> Comparison:
-    """Match ``base`` and ``new`` records by identity and test every matched pair (see the module doc)."""
+            correction: str = "holm", match: str = "run") -> Comparison:
+    """Match ``base`` and ``new`` records by identity (``match="episodes"``: by test episodes) and test every
+    matched pair (see the module doc)."""
+    if match not in MATCHES:
+        raise ValueError(f"unknown match {match!r}; choose one of {tuple(MATCHES)}")
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; choose one of {TESTS}")
     if correction not in CORRECTIONS:
@@ -215,7 +227,7 @@ def compare(base: list[dict[str, Any]], new: list[dict[str, Any]], alpha: float 
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     dups: list[str] = []
-    bi, ni = _index(views(base), "base", dups), _index(views(new), "new", dups)
+    bi, ni = _index(views(base), "base", dups, match), _index(views(new), "new", dups, match)
     pairs = [_pair(bi[k], ni[k], test) for k in sorted(set(bi) & set(ni), key=repr)]
     family = [p for p in pairs if p.p is not None and not p.identical]
     if correction == "holm" and family:
@@ -230,7 +242,7 @@ def compare(base: list[dict[str, Any]], new: list[dict[str, Any]], alpha: float 
             p.verdict = "regression"
         else:
             p.verdict = "tie"
-    only = lambda idx, other: [dict(zip(IDENTITY, k)) | {"run_id": idx[k]["run_id"]}  # noqa: E731
+    only = lambda idx, other: [dict(zip(MATCHES[match], k)) | {"run_id": idx[k]["run_id"]}  # noqa: E731
                                for k in sorted(set(idx) - set(other), key=repr)]
     return Comparison(alpha, test, correction, pairs, only(bi, ni), only(ni, bi), dups)
 
@@ -277,7 +289,7 @@ def render_text(cmp: Comparison) -> str:
 
 
 def main(base: str, new: str, alpha: float = 0.05, test: str = "ttest", correction: str = "holm",
-         as_json: bool = False) -> int:
+         as_json: bool = False, match: str = "run") -> int:
     """The ``metabench compare`` command: 0 no significant regression, 1 a significant regression (or a
     run that now fails), 2 nothing to compare (missing path, no matching runs)."""
     sides = []
@@ -291,13 +303,13 @@ def main(base: str, new: str, alpha: float = 0.05, test: str = "ttest", correcti
             print(f"metabench: warning: record left out: {e}", file=sys.stderr)
         sides.append(recs)
     try:
-        cmp = compare(sides[0], sides[1], alpha, test, correction)
+        cmp = compare(sides[0], sides[1], alpha, test, correction, match)
     except ValueError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(cmp.as_dict(), indent=2, sort_keys=True, allow_nan=False) if as_json else render_text(cmp))
     if not cmp.pairs:
-        print(f"metabench: error: no run of {new} matches a run of {base} by identity "
-              f"({', '.join(IDENTITY)})", file=sys.stderr)
+        print(f"metabench: error: no run of {new} matches a run of {base} by "
+              f"{'identity' if match == 'run' else 'test episodes'} ({', '.join(MATCHES[match])})", file=sys.stderr)
         return 2
     return 1 if cmp.gate_failed else 0
