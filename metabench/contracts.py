@@ -196,6 +196,9 @@ class _Plugin:
     #: (``metabench check-plugin``'s checks and smoke run); ``None``: not a partner. Read from the class
     #: itself, never inherited.
     smoke_partner: ClassVar[dict[str, Any] | None] = None
+    #: Options ``metabench check-plugin`` uses for this plugin's own checks when given none (a plugin that
+    #: trains for minutes at its defaults names a short training here); ``--option`` replaces them all.
+    check_options: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any] | None) -> dict[str, Any]:

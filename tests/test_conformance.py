@@ -183,3 +183,33 @@ def test_a_new_plugin_installed_from_outside_passes_and_runs(tmp_path, cache_dir
     (rec,) = [read_record(p) for p in (tmp_path / "r" / "outsider").glob("*.json")]
     assert rec["status"] == "ok" and rec["config"]["algorithm"] == "outsider"
     assert rec["evaluations"][0]["metrics"]["accuracy_mean"] > 0.4  # pixel prototypes beat chance (20%) on digits
+
+
+QUICK = '''
+from metabench import PluginError, hookimpl
+from metabench_plugins.algorithms.protonet import ProtoNet
+
+class Slow(ProtoNet):
+    name = "slow_by_default"
+    defaults = {**ProtoNet.defaults, "warmup_steps": 10**6}
+    check_options = {"warmup_steps": 1, "hidden": 8}
+
+    def setup(self, ctx):
+        if ctx.options["warmup_steps"] > 100:
+            raise PluginError("slow_by_default: would train for hours")
+        super().setup(ctx)
+
+@hookimpl
+def metabench_algorithms():
+    return [Slow]
+'''
+
+
+def test_check_plugin_uses_the_plugins_check_options_unless_given_others(tmp_path, cache_dir):
+    (tmp_path / "quick.py").write_text(QUICK)
+    results = check_plugin("slow_by_default", plugins_dirs=[tmp_path], cache_dir=cache_dir, isolated=False)
+    assert not failures(results), failures(results)
+    assert "'warmup_steps': 1" in _by_check(results)["contract"].message
+    given = check_plugin("slow_by_default", plugins_dirs=[tmp_path], cache_dir=cache_dir, isolated=False,
+                         options={"hidden": 8})           # --option replaces them all: the defaults apply
+    assert "would train for hours" in " ".join(r.message for r in failures(given))

@@ -528,7 +528,8 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
                  cache_dir: Path | None = None, isolated: bool = True) -> list[CheckResult]:
     """Run the conformance battery on plugin ``name``; see the module docstring for the checks.
 
-    ``options``: the plugin's options for the checks and the smoke run (e.g. a smaller model).
+    ``options``: the plugin's options for the checks and the smoke run (e.g. a smaller model); none given:
+    the plugin's ``check_options``.
     ``isolated``: smoke-run in a fresh worker process (as the ``process`` and ``ray`` executors do).
     """
     from metabench.engine.paths import default_cache_dir, default_data_root
@@ -554,6 +555,8 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
     info = b.run("found", found)
     if info is None:
         return b.results
+    if not options:  # the plugin's own quick options, if it declares them
+        options = dict(getattr(info.cls, "check_options", None) or {})
     opts = _check_contract(b, info, options)
     instance, no_tasks = None, False
     if opts is not None:
