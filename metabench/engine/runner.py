@@ -192,7 +192,6 @@ class SuiteRunner:
         config = spec.config()
         config["options"] = {spec.dataset: ds_opts, spec.task_generator: gen_opts, spec.algorithm: alg_opts,
                              **({spec.test_dataset: test_opts} if spec.test_dataset != spec.dataset else {})}
-        peak = self._peak_memory(dev)
         saved = {}
         if self.settings.save_models:
             with stage(f"algorithm:{spec.algorithm}"):
@@ -211,7 +210,7 @@ class SuiteRunner:
                       "meta_train_tasks": tasks,
                       "eval_tasks_per_s": (len(evaluations) * b.test_episodes / eval_s) if eval_s > 0 else None,
                       "meta_train_s": train_s, "eval_s": eval_s,
-                      "wall_s": time.perf_counter() - wall0, **peak,
+                      "wall_s": time.perf_counter() - wall0, **self._peak_memory(dev),
                       **({"resumed_from_step": start} if start else {})},
             "environment": environment.describe(dev),
             "provenance": self.fingerprints.current(config),  # the data digest: once per dataset load

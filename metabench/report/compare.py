@@ -38,6 +38,7 @@ from metabench.engine.records import RecordError, load_records, read_record, vie
 IDENTITY = ("dataset", "ways", "shots", "queries", "task_generator", "algorithm", "seed")
 EPISODES = ("dataset", "ways", "shots", "queries", "seed")  # what the test episodes depend on
 MATCHES = {"run": IDENTITY, "episodes": EPISODES}
+MATCH_WORDS = {"run": "identity", "episodes": "test episodes"}  # what a key is called in messages
 TESTS = ("ttest", "wilcoxon")
 CORRECTIONS = ("holm", "none")
 
@@ -179,8 +180,7 @@ def _index(records: list[dict[str, Any]], side: str, dups: list[str],
     out = {}
     for key, rs in groups.items():
         if len(rs) > 1:
-            dups.append(f"{side}: {len(rs)} records share {'identity' if match == 'run' else 'test episodes'} "
-                        f"{dict(zip(MATCHES[match], key))} "
+            dups.append(f"{side}: {len(rs)} records share {MATCH_WORDS[match]} {dict(zip(MATCHES[match], key))} "
                         f"({', '.join(sorted(r['run_id'] for r in rs))}); left out")
         else:
             out[key] = rs[0]
@@ -310,6 +310,6 @@ def main(base: str, new: str, alpha: float = 0.05, test: str = "ttest", correcti
     print(json.dumps(cmp.as_dict(), indent=2, sort_keys=True, allow_nan=False) if as_json else render_text(cmp))
     if not cmp.pairs:
         print(f"metabench: error: no run of {new} matches a run of {base} by "
-              f"{'identity' if match == 'run' else 'test episodes'} ({', '.join(MATCHES[match])})", file=sys.stderr)
+              f"{MATCH_WORDS[match]} ({', '.join(MATCHES[match])})", file=sys.stderr)
         return 2
     return 1 if cmp.gate_failed else 0
