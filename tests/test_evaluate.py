@@ -148,3 +148,15 @@ def test_a_lake_model_scores_a_folder_of_evaluation_alphabet_episodes(data_root,
     (res,) = json.loads(capsys.readouterr().out)["results"]
     assert res["count"] == 3 and len(res["episode_accuracy"]) == 3
     assert res["accuracy_mean"] > 0.34  # well above chance (20%) after 20 steps on the background alphabets
+
+
+def test_a_model_saved_before_its_plugin_gained_an_option_rebuilds_with_the_default(kept):
+    """Options a plugin adds later take their defaults when an older model file is rebuilt."""
+    from metabench.engine.models import rebuild
+    from metabench_plugins.algorithms.protonet import ProtoNet
+
+    folder, _ = kept
+    model = load_model(sorted(folder.glob("*protonet*.model.pt"))[0])
+    model.context["options"] = {k: v for k, v in model.context["options"].items() if k != "lr_decay_every"}
+    algorithm = rebuild(model, ProtoNet, torch.device("cpu"), None)
+    assert algorithm.sched.step_size == ProtoNet.defaults["lr_decay_every"]

@@ -13,6 +13,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from metabench import Budget, DataContext, RunContext
 from metabench.toolkit.episodes import EpisodeSampler
 from metabench.seeding import make_generator
+from metabench.toolkit.kmeans import kmeans
 from metabench_plugins.algorithms.meta_gmvae import MetaGMVAE, e_step, em_fit, m_step
 from metabench_plugins.datasets.digits import Digits
 
@@ -109,13 +110,33 @@ def test_cluster_recovers_a_well_separated_mixture():
     centres = torch.randn(3, 5, 8, generator=g) * 20                  # 3 tasks, 5 clusters, 8-d latents
     labels = torch.randint(0, 5, (3, 40), generator=g)
     z = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, 8)) + torch.randn(3, 40, 8, generator=g) * 0.3
-    alg.net.posterior = lambda x: (x.flatten(2), torch.zeros_like(x.flatten(2)))   # latents = the inputs
+    alg.net.posterior = lambda x: (x.flatten(2), torch.full_like(x.flatten(2), -4.0))  # latents = the inputs
     for covariance in ("diag", "tied", "identity"):
         alg.o = {**alg.o, "cluster_covariance": covariance}
         ids = alg.cluster(z.view(3, 40, 1, 1, 8), 5)
         assert ids.dtype == torch.int64 and ids.shape == (3, 40) and int(ids.min()) >= 0 and int(ids.max()) < 5
         for t in range(3):
             assert normalized_mutual_info_score(labels[t].numpy(), ids[t].numpy()) == 1.0
+
+
+def test_cluster_ignores_dimensions_that_repeat_the_prior():
+    """Latents whose posterior variance is the prior's (a collapsed VAE unit) carry no cluster structure, only
+    noise: with their noise wider than the clusters' spread, k-means on every dimension fails, while
+    ``cluster`` keeps the informative dimensions and recovers the partition."""
+    alg, _ = _digits_algorithm(train_steps=0)
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(4, 5, 6, generator=g) * 3                    # 4 tasks, 5 clusters, 6 informative dims
+    labels = torch.randint(0, 5, (4, 60), generator=g)
+    informative = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, 6)) + torch.randn(4, 60, 6, generator=g) * 0.2
+    noise = torch.randn(4, 60, 26, generator=g) * 6                     # 26 collapsed dims, wide noise
+    z = torch.cat([informative, noise], -1)
+    logvar = torch.cat([torch.full((4, 60, 6), -3.0), torch.zeros(4, 60, 26)], -1)
+    alg.net.posterior = lambda x: (x.flatten(2), logvar)
+    ids = alg.cluster(z.view(4, 60, 1, 1, 32), 5)
+    plain = kmeans(z, 5, make_generator(0), n_init=10).labels
+    for t in range(4):
+        assert normalized_mutual_info_score(labels[t].numpy(), ids[t].numpy()) == 1.0
+        assert normalized_mutual_info_score(labels[t].numpy(), plain[t].numpy()) < 0.6
 
 
 def test_short_training_on_digits_is_finite_and_reproducible():

@@ -113,10 +113,12 @@ def load_model(path: str | Path) -> SavedModel:
 def rebuild(model: SavedModel, cls: type[Algorithm], device: torch.device, cache_dir: Path | None,
             unlabeled: Any = None) -> Algorithm:
     """A fresh instance of ``cls`` set up with the saved context on ``device`` (``unlabeled``: the
-    meta-training images, for algorithms whose ``setup`` wants them) and the trained state loaded."""
+    meta-training images, for algorithms whose ``setup`` wants them) and the trained state loaded. Options
+    the plugin gained after the model was saved take their defaults."""
     c = model.context
+    options = {**getattr(cls, "defaults", {}), **c["options"]}
     ctx = RunContext(device, c["seed"], c["ways"], c["shots"], c["queries"], tuple(c["image_shape"]),
-                     dict(c["options"]), cache_dir, unlabeled=unlabeled, dataset=c["dataset"],
+                     options, cache_dir, unlabeled=unlabeled, dataset=c["dataset"],
                      augmentation=c["augmentation"])
     algorithm = cls()
     algorithm.setup(ctx)
