@@ -176,16 +176,17 @@ def test_records_carry_provenance_and_stale_ones_are_rerun_and_marked(toy, capsy
     err = capsys.readouterr().err
     assert path.stat().st_mtime_ns == before and "1 skipped" in err and "stale" not in err
     assert main(toy["board"]) == 0
-    assert _board_row(toy["lb"])["marks"] == "unsealed unchecked"
+    # an outside algorithm (a --plugins-dir file) runs sealed even under the oracle; it was never checked
+    assert _board_row(toy["lb"])["marks"] == "unchecked"
 
     # the algorithm's code changed: the leaderboard marks the row stale, run re-runs it and says why
     (toy["plugins"] / "mine.py").write_text(MINE_ALG.replace("return 1  # VERSION", "return 2  # VERSION"))
     assert main(toy["board"]) == 0
     assert "stale: " + rec["run_id"] in capsys.readouterr().err
-    assert _board_row(toy["lb"])["marks"] == "stale unsealed unchecked"
+    assert _board_row(toy["lb"])["marks"] == "stale unchecked"
     md = (toy["lb"] / "README.md").read_text()
-    assert "| Marks" in md and "| stale unsealed unchecked" in md and "(stale)" in md  # per-protocol and paper table
-    assert "stale unsealed unchecked" in (toy["lb"] / "index.html").read_text()
+    assert "| Marks" in md and "| stale unchecked" in md and "(stale)" in md  # per-protocol and paper table
+    assert "stale unchecked" in (toy["lb"] / "index.html").read_text()
     assert main(toy["run"]) == 0
     err = capsys.readouterr().err
     assert f"re-running {path}: stale record (the code of algorithm mine changed)" in err and "1 ran" in err
@@ -201,7 +202,8 @@ def test_records_carry_provenance_and_stale_ones_are_rerun_and_marked(toy, capsy
     _, third = _only_record(toy["folder"])
     assert third["provenance"]["data_digest"] != prov["data_digest"]
     assert main(toy["board"]) == 0
-    assert _board_row(toy["lb"])["marks"] == "unsealed unchecked"
+    # an outside algorithm (a --plugins-dir file) runs sealed even under the oracle; it was never checked
+    assert _board_row(toy["lb"])["marks"] == "unchecked"
 
 
 def test_records_without_provenance_are_kept_and_marked_unknown_and_bad_ones_named(toy, capsys):

@@ -11,7 +11,7 @@ import pytest
 
 from metabench.checks.conformance import SEALED, check_plugin, failures
 from metabench.commands.cli import main
-from metabench.engine import check_stamps, sealed
+from metabench.engine import check_stamps, checkpoint, plugin_probe, provenance, sealed
 from metabench.engine.records import read_record
 from metabench.engine.registry import discover
 from tests.cheats import CHEATS, VANDALS
@@ -215,3 +215,102 @@ def test_a_sealed_run_checkpoints_through_the_supervisor_and_resumes_bit_identic
     (a,), (b,) = _records(whole / "resume").values(), _records(broken / "resume").values()
     assert saved == [1, 2, 3] and b["speed"]["resumed_from_step"] == 3 and b["isolation"]["sealed"]
     assert scores(a) == scores(b) and a["final_train_loss"] == b["final_train_loss"]
+
+
+@needs_bwrap
+def test_an_outside_module_is_imported_only_in_a_sandbox(tmp_path, cache_dir, monkeypatch):
+    """A plugin that vandalises at import time (before any run is sealed) never runs in the supervisor:
+    ``run`` and ``list`` import outside modules in a sandbox and use stand-ins; records and data stay."""
+    results, data_root = tmp_path / "results", tmp_path / "data"
+    (data_root / "MNIST").mkdir(parents=True)
+    (data_root / "MNIST" / "README").write_text("data that must stay as it is\n")
+    honest = _suite(tmp_path, "honest", ["umtra"], ["protonet"])
+    args = ["--results", str(results), "--cache-dir", str(cache_dir), "--data-root", str(data_root)]
+    assert main(["run", str(honest), *args]) == 0
+    (kept,) = (results / "honest").glob("*.json")
+    before_record, before_data = kept.read_bytes(), _tree_digest(data_root)
+    monkeypatch.setenv("CHEAT_RESULTS", str(results))
+    monkeypatch.setenv("CHEAT_DATA_ROOT", str(data_root))
+    plug = tmp_path / "plugins"
+    plug.mkdir()
+    shutil.copy(Path(__file__).with_name("import_vandal.py"), plug / "import_vandal.py")
+
+    reg = discover([plug], confine=True, hide=[results, data_root, cache_dir])
+    cls = reg.get("algorithm", "import_vandal").cls
+    assert plugin_probe.is_stand_in(cls) and cls.defaults["tuple_option"] == (1, 2)
+    with pytest.raises(Exception, match="only in a sealed worker"):
+        cls().setup(None)
+    assert main(["list", "--plugins-dir", str(plug)]) == 0
+    suite = _suite(tmp_path, "outside", ["umtra"], ["import_vandal"])
+    assert main(["run", str(suite), *args, "--plugins-dir", str(plug)]) == 1
+    (rec,) = _records(results / "outside").values()
+    assert rec["status"] == "failed" and "broke the seal" in rec["error"]   # its import, in the worker
+    assert kept.read_bytes() == before_record and _tree_digest(data_root) == before_data
+
+    # the same module imported here (what a plain discovery did) is a real vandal
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    monkeypatch.setenv("CHEAT_RESULTS", str(copy))
+    discover([plug])
+    assert not list(copy.rglob("*.json"))
+
+
+@needs_bwrap
+def test_an_honest_outside_plugin_runs_sealed_as_it_runs_here(tmp_path, cache_dir):
+    """A stand-in's run (the module imported in the probe and the worker only) gives the record that
+    importing it here gives, bit for bit, with the same code digest."""
+    plug = tmp_path / "plugins"
+    plug.mkdir()
+    (plug / "outside.py").write_text(
+        "from metabench import hookimpl\n"
+        "from metabench_plugins.algorithms.protonet import ProtoNet\n\n\n"
+        "class Outside(ProtoNet):\n    name = 'outside_protonet'\n\n\n"
+        "@hookimpl\ndef metabench_algorithms():\n    return [Outside]\n")
+    suite = _suite(tmp_path, "outside", ["umtra"], ["outside_protonet"])
+    got = {}
+    for flag in ("--no-seal", "--seal"):
+        out = tmp_path / flag.strip("-")
+        assert main(["run", str(suite), "--results", str(out), "--cache-dir", str(cache_dir), flag,
+                     "--plugins-dir", str(plug)]) == 0
+        (got[flag],) = _records(out / "outside").values()
+    sealed_rec, plain = got["--seal"], got["--no-seal"]
+    assert sealed_rec["status"] == "ok" and sealed_rec["isolation"]["sealed"] is True
+    assert sealed_rec["isolation"]["code_digest"] == plain["isolation"]["code_digest"]
+    assert scores(sealed_rec) == scores(plain) and sealed_rec["final_train_loss"] == plain["final_train_loss"]
+
+
+@needs_bwrap
+def test_stand_ins_carry_the_digests_and_flags_of_the_classes_they_stand_for(tmp_path):
+    plug = _plugins(tmp_path)
+    plain, confined = discover([plug]), discover([plug], confine=True)
+    names = {(k, n) for k in ("task_generator", "algorithm") for n in plain.plugins[k] if n.startswith(("cheat", "vandal"))}
+    assert len(names) == len(CHEATS) + len(VANDALS)
+    for kind, name in names:
+        real, stand = plain.get(kind, name).cls, confined.get(kind, name).cls
+        assert plugin_probe.is_stand_in(stand) and not plugin_probe.is_stand_in(real)
+        assert provenance.plugin_code_digest(stand) == provenance.plugin_code_digest(real)
+        assert provenance.code_modules(stand) == provenance.code_modules(real)
+        assert checkpoint.code_fingerprint(stand) == checkpoint.code_fingerprint(real)
+        assert stand.defaults == real.defaults and stand.resolve_options({}) == real.resolve_options({})
+        for flag in ("uses_labels", "gives_tasks", "needs_tasks", "trains_per_way", "resumable"):
+            assert getattr(stand, flag, None) == getattr(real, flag, None), (name, flag)
+        if kind == "algorithm":
+            assert stand.has_own_clustering() == real.has_own_clustering()
+    # a built-in is never a stand-in
+    assert not plugin_probe.is_stand_in(confined.get("algorithm", "protonet").cls)
+
+
+def test_a_reported_digest_that_does_not_match_the_files_is_refused(tmp_path):
+    honest = tmp_path / "honest.py"
+    honest.write_text("x = 1\n")
+    mine = tmp_path / "mine.py"
+    mine.write_text("y = 2\n")
+    meta = {"name": "borrower", "module": "m", "qualname": "C",
+            "code_sources": [["metabench_userplugin_honest", str(honest)]]}
+    meta["code_digest"] = provenance.digest_sources([("metabench_userplugin_honest", honest.read_bytes())], "m.C")
+    with pytest.raises(ValueError, match="not those of its source"):   # another file's digest
+        plugin_probe.check_digest(meta, {"kind": "file", "path": str(mine)})
+    plugin_probe.check_digest(meta, {"kind": "file", "path": str(honest)})
+    meta["code_digest"] = "0" * 64
+    with pytest.raises(ValueError, match="does not match"):
+        plugin_probe.check_digest(meta, {"kind": "file", "path": str(honest)})

@@ -18,9 +18,11 @@ def plugins_parent() -> argparse.ArgumentParser:
     return plug
 
 
-def registry(args: argparse.Namespace) -> Registry:
-    """The plugins (installed ones and ``--plugins-dir``'s), each one that failed to load named on stderr."""
-    reg = discover(tuple(args.plugins_dir or ()))
+def registry(args: argparse.Namespace, confine: bool = False, hide: tuple = ()) -> Registry:
+    """The plugins (installed ones and ``--plugins-dir``'s), each one that failed to load named on stderr;
+    ``confine``: outside plugins' modules imported in a sandbox only, ``hide`` hidden from it
+    (:func:`metabench.engine.registry.discover`)."""
+    reg = discover(tuple(args.plugins_dir or ()), confine=confine, hide=hide)
     for f in reg.failures:
         print(f"metabench: warning: plugin {f.source} skipped: {f.error}", file=sys.stderr)
     return reg

@@ -9,7 +9,7 @@ from metabench.commands.common import plugins_parent, registry
 
 def main(args: argparse.Namespace) -> int:
     """Print every plugin with kind, name, origin and description."""
-    reg = registry(args)
+    reg = registry(args, confine=True)
     items = [p.as_dict() for p in reg.all()]
     if args.json:
         print(json.dumps(items, indent=2))

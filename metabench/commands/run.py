@@ -20,12 +20,14 @@ def main(args: argparse.Namespace) -> int:
     except SuiteError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
-    reg = registry(args)
     settings = Settings(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                         cache_dir=Path(args.cache_dir or default_cache_dir()), device=device(args.device),
                         force=args.force, save_models=args.save_models,
                         checkpoint_every=None if args.checkpoint_every < 0 else args.checkpoint_every,
                         seal=args.seal)
+    # outside plugins are imported in a sandbox only, unless the user trusts them with --no-seal
+    reg = registry(args, confine=args.seal is not False,
+                   hide=(settings.results, settings.data_root, settings.cache_dir, *settings.hide))
     from metabench.execution.executors import (ExecutorError, check_suite_plugins, make_executor, run_suite,
                                                sigterm_exits)
 

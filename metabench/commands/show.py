@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from metabench.engine.provenance import code_modules, plugin_code_digest
     from metabench.engine.registry import UnknownPluginError
 
-    reg = registry(args)
+    reg = registry(args, confine=True)
     try:
         info = find_plugin(reg, args.name, args.kind)
     except UnknownPluginError as exc:

@@ -33,22 +33,32 @@ def _source_digest(files: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+def plugin_files(cls: type) -> list[str]:
+    """The source files :func:`code_fingerprint` reads for plugin class ``cls``: its top-level package's
+    (the file itself for a module outside a package); a stand-in for an outside plugin carries them."""
+    confined = vars(cls).get("__metabench_code_files__")
+    if confined is not None:
+        return list(confined)
+    files = set()
+    top = sys.modules.get(cls.__module__.split(".")[0])
+    where = getattr(top, "__file__", None)
+    if where is not None:
+        where = Path(where).resolve()
+        files.update(str(p) for p in where.parent.rglob("*.py")) if where.name == "__init__.py" \
+            else files.add(str(where))
+    with contextlib.suppress(TypeError, OSError):
+        files.add(str(Path(inspect.getsourcefile(cls)).resolve()))
+    return sorted(files)
+
+
 def code_fingerprint(*plugin_classes: type) -> str:
     """A digest of the Python source of metabench and of the top-level package of each of
     ``plugin_classes`` (the file itself for a plugin module outside a package): a checkpoint resumes only
     under the code that wrote it (documentation edits, suites and data do not count)."""
-    files = set()
-    for module in {"metabench", *(cls.__module__.split(".")[0] for cls in plugin_classes)}:
-        top = sys.modules.get(module)
-        where = getattr(top, "__file__", None)
-        if where is None:
-            continue
-        where = Path(where).resolve()
-        files.update(str(p) for p in where.parent.rglob("*.py")) if where.name == "__init__.py" \
-            else files.add(str(where))
+    core = Path(sys.modules["metabench"].__file__).resolve().parent
+    files = {str(p) for p in core.rglob("*.py")}
     for cls in plugin_classes:
-        with contextlib.suppress(TypeError, OSError):
-            files.add(str(Path(inspect.getsourcefile(cls)).resolve()))
+        files.update(plugin_files(cls))
     return _source_digest(tuple(sorted(files)))
 
 

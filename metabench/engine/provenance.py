@@ -99,15 +99,15 @@ def _followed(name: str, tops: frozenset[str]) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _sources(cls: type) -> tuple[tuple[str, bytes], ...]:
-    """(module name, source bytes) of every module :func:`plugin_code_digest` hashes for ``cls``, by name."""
+def _source_files(cls: type) -> tuple[tuple[str, str, bytes], ...]:
+    """(module name, file, source bytes) of every module :func:`plugin_code_digest` hashes for ``cls``."""
     seeds: dict[str, Path | None] = {}
     for c in cls.__mro__:
         if c.__module__ not in ("builtins", "abc"):
             seeds[c.__module__] = seeds.get(c.__module__) or _class_file(c)
     tops = frozenset(m.split(".")[0] for m in seeds) - {"metabench"}
     todo = [m for m in seeds if _followed(m, tops)]
-    files: dict[str, bytes] = {}
+    files: dict[str, tuple[str, bytes]] = {}
     while todo:
         name = todo.pop()
         if name in files:
@@ -120,27 +120,47 @@ def _sources(cls: type) -> tuple[tuple[str, bytes], ...]:
             imports = _imported(name, path, data.decode("utf-8"))
         except (OSError, UnicodeDecodeError, SyntaxError):
             continue
-        files[name] = data
+        files[name] = (str(path), data)
         todo.extend(m for m in imports if m not in files and _followed(m, tops))
-    return tuple(sorted(files.items()))
+    return tuple((name, path, data) for name, (path, data) in sorted(files.items()))
+
+
+def _sources(cls: type) -> tuple[tuple[str, bytes], ...]:
+    """(module name, source bytes) of every module :func:`plugin_code_digest` hashes for ``cls``, by name."""
+    return tuple((name, data) for name, _, data in _source_files(cls))
 
 
 def code_modules(cls: type) -> list[str]:
     """The modules whose source :func:`plugin_code_digest` hashes for plugin class ``cls``."""
-    return [name for name, _ in _sources(cls)]
+    confined = vars(cls).get("__metabench_code_modules__")
+    return list(confined) if confined is not None else [name for name, _ in _sources(cls)]
+
+
+def code_sources(cls: type) -> list[tuple[str, str]]:
+    """(module name, file) of each module :func:`plugin_code_digest` hashes for ``cls``."""
+    return [(name, path) for name, path, _ in _source_files(cls)]
+
+
+def digest_sources(files: list[tuple[str, bytes]], fallback: str) -> str:
+    """The digest of (module name, source) pairs sorted by name; ``fallback`` (a class's dotted name)
+    when there are none."""
+    h = hashlib.sha256(_FORMAT)
+    if not files:  # no source to be found (a class made at run time): its name is all there is
+        h.update(fallback.encode())
+    for name, data in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)
 def plugin_code_digest(cls: type) -> str:
     """SHA-256 (hex) of the source a plugin class runs (see the module docstring for what is included);
-    computed once per class object."""
-    h = hashlib.sha256(_FORMAT)
-    files = _sources(cls)
-    if not files:  # no source to be found (a class made at run time): its name is all there is
-        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
-    for name, data in files:
-        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    return h.hexdigest()
+    computed once per class object. A stand-in for an outside plugin
+    (:mod:`metabench.engine.plugin_probe`) carries the digest this process re-computed from its files."""
+    confined = vars(cls).get("__metabench_code_digest__")
+    if confined is not None:
+        return confined
+    return digest_sources(list(_sources(cls)), f"{cls.__module__}.{cls.__qualname__}")
 
 
 def data_digest(data: ImageSet) -> str:

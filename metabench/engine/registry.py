@@ -18,6 +18,7 @@ from types import ModuleType
 import pluggy
 
 from metabench import hookspecs
+from metabench.engine import plugin_probe, sandbox
 from metabench.names import base_name
 from metabench.contracts import KINDS, Algorithm, Dataset, TaskGenerator
 
@@ -173,36 +174,72 @@ def _add(reg: Registry, info: PluginInfo) -> None:
     reg.plugins[info.kind][info.name] = info
 
 
-def discover(plugins_dirs: list[Path] | tuple[Path, ...] = ()) -> Registry:
-    """Find every plugin: entry points of group ``metabench`` first, then ``*.py`` in ``plugins_dirs``."""
+def discover(plugins_dirs: list[Path] | tuple[Path, ...] = (), confine: bool = False,
+             hide: list[str | Path] | tuple[str | Path, ...] = ()) -> Registry:
+    """Find every plugin: entry points of group ``metabench`` first, then ``*.py`` in ``plugins_dirs``.
+
+    ``confine``: import the outside sources (entry points of other distributions, ``--plugins-dir``
+    files) in a sandbox first, with the default data root and cache folder and the folders ``hide``
+    hidden, and register their task generators and algorithms as stand-ins
+    (:mod:`metabench.engine.plugin_probe`), so that their code never runs in this process; a source that
+    provides a dataset is then imported here. Without a working sandbox, ``confine`` is ignored (runs are
+    not sealed there either, and say so)."""
     reg, pm = Registry(plugins_dirs=tuple(str(Path(d).resolve()) for d in plugins_dirs)), _new_manager()
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
+    sources: list[dict] = []  # every source, in discovery order: {"kind", "source", ...}
     for ep in eps:
         dist = ep.dist.name if ep.dist else "metabench"
-        version = ep.dist.version if ep.dist else None
-        source = f"entry point {ep.name!r} ({ep.value}) of {dist}"
-        try:
-            module = ep.load()
-        except Exception as exc:
-            reg.failures.append(PluginFailure(source, _describe(exc)))
-            continue
-        _collect(reg, pm, module, source, dist, version)
+        sources.append({"kind": "entry_point", "name": ep.name, "value": ep.value, "dist": dist,
+                        "version": ep.dist.version if ep.dist else None,
+                        "source": f"entry point {ep.name!r} ({ep.value}) of {dist}", "ep": ep})
     for d in plugins_dirs:
         d = Path(d)
         if not d.is_dir():
             reg.failures.append(PluginFailure(str(d), "plugins directory does not exist"))
             continue
         for path in sorted(d.glob("*.py")):
-            if path.name.startswith("_"):
+            if not path.name.startswith("_"):
+                source = str(path.resolve())
+                sources.append({"kind": "file", "path": source, "source": source, "dist": None, "version": None})
+    described: dict[str, dict] = {}
+    outside = [s for s in sources if s["dist"] not in plugin_probe.TRUSTED_DISTS]
+    if confine and outside and sandbox.available()[0]:
+        from metabench.engine.paths import default_cache_dir, default_data_root
+
+        hidden = [default_data_root(), default_cache_dir(), *hide]
+        wire = [{k: v for k, v in s.items() if k != "ep"} for s in outside]
+        described = {d["source"]: d for d in plugin_probe.probe(wire, hidden)}
+    for s in sources:
+        origin = s["dist"] if s["kind"] == "entry_point" else f"file {s['source']}"
+        d = described.get(s["source"])
+        if d is not None:
+            if "error" in d:
+                reg.failures.append(PluginFailure(s["source"], f"{d['error']} (imported in a sandbox)"))
                 continue
-            source = str(path.resolve())
-            try:
-                module = _import_file(path)
-            except BaseException as exc:  # a plugin file may even call sys.exit
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                reg.failures.append(PluginFailure(source, _describe(exc)))
+            if not d["datasets"]:  # only generators and algorithms: stand-ins, the code stays out
+                _add_described(reg, s, d, origin)
                 continue
-            _collect(reg, pm, module, source, f"file {source}", None)
+        try:
+            module = s["ep"].load() if s["kind"] == "entry_point" else _import_file(Path(s["path"]))
+        except BaseException as exc:  # a plugin file may even call sys.exit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            reg.failures.append(PluginFailure(s["source"], _describe(exc)))
+            continue
+        _collect(reg, pm, module, s["source"], origin, s["version"])
     return reg
 
+
+def _add_described(reg: Registry, s: dict, d: dict, origin: str) -> None:
+    """Register the stand-ins of a source imported in the sandbox, its digests checked against its files."""
+    reg.failures.extend(PluginFailure(src, err) for src, err in d["failures"])
+    for meta in d["plugins"]:
+        try:
+            plugin_probe.check_digest(meta, s)
+            cls = plugin_probe.stand_in(meta)
+        except Exception as exc:
+            reg.failures.append(PluginFailure(s["source"], _describe(exc)))
+            continue
+        _add(reg, PluginInfo(meta["kind"], cls.name, cls, origin, s["version"],
+                             (cls.description or cls.__doc__ or "").strip().splitlines()[0]
+                             if (cls.description or cls.__doc__) else ""))

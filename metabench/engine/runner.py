@@ -20,6 +20,7 @@ from metabench.engine import checkpoint, check_stamps, environment, memory, mode
 from metabench.contracts import (Budget, DataContext, EpisodeBatch, ImageSet, LabeledSplit, PluginError,
                                  RunContext, TaskGenerator)
 from metabench.engine.clustering import cluster_tasks, score_tasks
+from metabench.engine.plugin_probe import is_stand_in
 from metabench.engine.evaluation import cluster_own, embed_tasks, evaluate, fixed_episode_indices, mean_ci95
 from metabench.engine.paths import default_cache_dir, default_data_root
 from metabench.engine.progress import progress
@@ -181,7 +182,8 @@ class SuiteRunner:
 
         desc = f"{label} {spec.run_id.rsplit('__', 1)[0]}"
         plugins = (ds_info.cls, gen_info.cls, alg_info.cls)
-        is_sealed = sealed.wanted(self.settings.seal, bool(gen_info.cls.uses_labels))
+        is_sealed = sealed.wanted(self.settings.seal, bool(gen_info.cls.uses_labels),
+                                  confined=is_stand_in(gen_info.cls) or is_stand_in(alg_info.cls))
         train_fn = self._train_sealed if is_sealed else self._train_here
         algorithm, actx, losses, tasks, train_s, start = train_fn(spec, data, train, stage, plugins,
                                                                   (gen_opts, alg_opts), desc)

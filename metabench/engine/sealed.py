@@ -43,9 +43,13 @@ def supported() -> tuple[bool, str]:
     return sandbox.available()
 
 
-def wanted(seal: bool | None, uses_labels: bool) -> bool:
+def wanted(seal: bool | None, uses_labels: bool, confined: bool = False) -> bool:
     """Whether a run is to be sealed: ``seal`` True/False decides; None (the default) seals the runs of
-    unsupervised generators where :func:`supported`, and warns loudly (once) where it is not."""
+    unsupervised generators where :func:`supported`, and warns loudly (once) where it is not. A run of an
+    outside plugin discovered in a sandbox (``confined``: a stand-in, whose code this process never
+    imported) is always sealed."""
+    if confined:
+        return True
     if seal is False:
         return False
     if seal is None and uses_labels:

@@ -88,7 +88,10 @@ def available_cores() -> int:
 def _worker_runner(job: Job) -> SuiteRunner:
     if job.threads:
         torch.set_num_threads(job.threads)
-    return SuiteRunner(job.suite, discover(job.plugins_dirs), job.settings)
+    s = job.settings
+    registry = discover(job.plugins_dirs, confine=s.seal is not False,
+                        hide=(s.results, s.data_root, s.cache_dir, *s.hide))
+    return SuiteRunner(job.suite, registry, s)
 
 
 def run_job(job: Job) -> RunOutcome:
