@@ -255,17 +255,55 @@ def test_an_outside_module_is_imported_only_in_a_sandbox(tmp_path, cache_dir, mo
     assert not list(copy.rglob("*.json"))
 
 
-@needs_bwrap
-def test_an_honest_outside_plugin_runs_sealed_as_it_runs_here(tmp_path, cache_dir):
-    """A stand-in's run (the module imported in the probe and the worker only) gives the record that
-    importing it here gives, bit for bit, with the same code digest."""
+def _outside_plugin(tmp_path) -> Path:
+    """A --plugins-dir holding an honest outside algorithm, ``outside_protonet`` (ProtoNet by another name)."""
     plug = tmp_path / "plugins"
     plug.mkdir()
     (plug / "outside.py").write_text(
         "from metabench import hookimpl\n"
         "from metabench_plugins.algorithms.protonet import ProtoNet\n\n\n"
-        "class Outside(ProtoNet):\n    name = 'outside_protonet'\n\n\n"
+        "class Outside(ProtoNet):\n    name = 'outside_protonet'\n    check_options = {'hidden': 8}\n\n\n"
         "@hookimpl\ndef metabench_algorithms():\n    return [Outside]\n")
+    return plug
+
+
+@needs_bwrap
+def test_an_outside_plugin_is_checked_in_a_sandbox_and_stamped_here(tmp_path, cache_dir, monkeypatch):
+    """check-plugin of an outside plugin imports it only in sandboxes: an honest one passes every check and
+    is stamped (its records then say checked); one that vandalises at import loses nothing."""
+    plug = _outside_plugin(tmp_path)
+    stamps = tmp_path / "cache"
+    results = check_plugin("outside_protonet", plugins_dirs=[plug], cache_dir=stamps, isolated=False)
+    assert not failures(results), failures(results)
+    got = {r.check: r for r in results}
+    assert got[SEALED].ok and got["stamp"].ok and "smoke run" in got and "contract" in got
+    suite = _suite(tmp_path, "outside", ["umtra"], ["outside_protonet"])
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), "--cache-dir", str(stamps),
+                 "--plugins-dir", str(plug)]) == 0
+    (rec,) = _records(tmp_path / "r" / "outside").values()
+    assert rec["isolation"]["sealed"] is True and rec["isolation"]["checked"] is False   # umtra: not stamped here
+    for confine in (True, False):   # the stamp holds for the stand-in and for the class imported here
+        cls = discover([plug], confine=confine).get("algorithm", "outside_protonet").cls
+        assert check_stamps.is_checked(stamps, "algorithm", "outside_protonet", cls)
+
+    monkeypatch.chdir(tmp_path)
+    for bait in ("results", "data"):
+        (tmp_path / bait).mkdir()
+        (tmp_path / bait / "record.json").write_text("{}\n")
+    monkeypatch.setenv("CHEAT_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CHEAT_DATA_ROOT", str(tmp_path / "data"))
+    shutil.copy(Path(__file__).with_name("import_vandal.py"), plug / "import_vandal.py")
+    results = {r.check: r for r in check_plugin("import_vandal", plugins_dirs=[plug], cache_dir=stamps,
+                                                   isolated=False)}
+    assert results[SEALED].ok is False and "stamp" not in results
+    assert (tmp_path / "results" / "record.json").exists() and not (tmp_path / "data" / "scribbled-at-import.txt").exists()
+
+
+@needs_bwrap
+def test_an_honest_outside_plugin_runs_sealed_as_it_runs_here(tmp_path, cache_dir):
+    """A stand-in's run (the module imported in the probe and the worker only) gives the record that
+    importing it here gives, bit for bit, with the same code digest."""
+    plug = _outside_plugin(tmp_path)
     suite = _suite(tmp_path, "outside", ["umtra"], ["outside_protonet"])
     got = {}
     for flag in ("--no-seal", "--seal"):

@@ -41,8 +41,8 @@ from metabench.toolkit.episodes import EpisodeSampler
 from metabench.engine.registry import HOOKS, PluginInfo, Registry, UnknownPluginError, discover
 from metabench.engine.runner import Settings, SuiteRunner
 from metabench.engine.suite import parse_suite
-from metabench.engine import check_stamps, sandbox, sealed
-from metabench.checks.sealed_check import sealed_isolation, secret_dataset
+from metabench.engine import check_stamps, plugin_probe, sandbox, sealed
+from metabench.checks.sealed_check import numbers, sealed_isolation, secret_dataset, secret_run
 from metabench.execution.executors import LocalExecutor, ProcessExecutor, run_suite
 from metabench.seeding import derive_seed, make_generator
 
@@ -228,13 +228,23 @@ SEALED = "sealed isolation"
 
 
 def _check_sealed(b: _Battery, info: PluginInfo, registry: Registry, options: dict[str, Any], data_root: Path,
-                  cache_dir: Path, no_tasks: bool) -> None:
+                  cache_dir: Path, no_tasks: bool, in_reach: InReach | None = None) -> None:
     """The smoke suite on a secret synthetic dataset in a sealed worker and in this process
-    (:mod:`metabench.checks.sealed_check`): the same numbers both ways, no broken seal."""
+    (:mod:`metabench.checks.sealed_check`): the same numbers both ways, no broken seal. ``in_reach``: only
+    the run in this process, on the given secret data (the confined check's sandboxed child; the sealed
+    half ran in the supervisor), its numbers kept in ``in_reach.numbers``."""
 
     def check(note: list[str]) -> None:
         if info.kind == "dataset":
             raise _Skip("datasets are read by the supervisor, which holds the labels; not sealed")
+        if in_reach is not None:
+            record, problem = secret_run(in_reach.suite, registry, in_reach.data, [], data_root, cache_dir,
+                                         seal=False)
+            if problem:
+                raise Problem(problem)
+            in_reach.numbers = numbers(record)
+            note.append("ran in reach of the labels")
+            return
         ok, why = sealed.supported()
         if not ok:
             raise _Skip(f"cannot seal here ({why}): the plugin is not stamped as checked")
@@ -246,6 +256,14 @@ def _check_sealed(b: _Battery, info: PluginInfo, registry: Registry, options: di
             raise Problem(problem)
 
     b.run(SEALED, check, needs=["contract"])
+
+
+class InReach:
+    """The in-reach half of the sealed isolation check, handed to a confined check's sandboxed child: the
+    secret ``data`` and smoke ``suite`` the supervisor ran sealed; ``numbers`` gets the child's results."""
+
+    def __init__(self, data: ImageSet, suite: dict[str, Any]) -> None:
+        self.data, self.suite, self.numbers = data, suite, None
 
 
 # ------------------------------------------------------------------------------------------- by kind
@@ -525,12 +543,16 @@ def find_plugin(registry: Registry, name: str, kind: str | None = None) -> Plugi
 
 def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[str | Path] = (),
                  options: dict[str, Any] | None = None, data_root: Path | None = None,
-                 cache_dir: Path | None = None, isolated: bool = True) -> list[CheckResult]:
+                 cache_dir: Path | None = None, isolated: bool = True, confine: bool = True,
+                 in_reach: InReach | None = None) -> list[CheckResult]:
     """Run the conformance battery on plugin ``name``; see the module docstring for the checks.
 
     ``options``: the plugin's options for the checks and the smoke run (e.g. a smaller model); none given:
     the plugin's ``check_options``.
     ``isolated``: smoke-run in a fresh worker process (as the ``process`` and ``ray`` executors do).
+    ``confine``: an outside task generator or algorithm (not the project's own) is never imported here:
+    its checks run in a sandbox (:mod:`metabench.checks.confined_check`). ``in_reach``: see
+    :func:`_check_sealed` (the sandboxed child's part; no stamp is written).
     """
     from metabench.engine.paths import default_cache_dir, default_data_root
 
@@ -539,7 +561,7 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
     options = dict(options or {})
     plugins_dirs = [Path(d).resolve() for d in plugins_dirs]
     b = _Battery()
-    registry = discover(plugins_dirs)
+    registry = discover(plugins_dirs, confine=confine, hide=(data_root, cache_dir, Path("results").resolve()))
 
     def found(note: list[str]) -> PluginInfo:
         try:
@@ -557,6 +579,10 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
         return b.results
     if not options:  # the plugin's own quick options, if it declares them
         options = dict(getattr(info.cls, "check_options", None) or {})
+    if plugin_probe.is_stand_in(info.cls):
+        from metabench.checks.confined_check import check_confined
+
+        return b.results + check_confined(info, registry, options, plugins_dirs, data_root, cache_dir, isolated)
     opts = _check_contract(b, info, options)
     instance, no_tasks = None, False
     if opts is not None:
@@ -570,8 +596,8 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
                 instance = _check_algorithm(b, info, opts, digits, cache_dir)
     _check_pickle(b, info.cls, instance)
     _check_smoke(b, info, registry, options, plugins_dirs, data_root, cache_dir, isolated, no_tasks)
-    _check_sealed(b, info, registry, options, data_root, cache_dir, no_tasks)
-    if SEALED in b.passed and not failures(b.results):  # `run` marks records of stamped plugins `checked`
+    _check_sealed(b, info, registry, options, data_root, cache_dir, no_tasks, in_reach)
+    if in_reach is None and SEALED in b.passed and not failures(b.results):  # `run` marks their records `checked`
         path = check_stamps.write_stamp(cache_dir, info.kind, info.name, info.cls)
         b.results.append(CheckResult("stamp", True, f"passed at this code: {path.name}"))
     return b.results

@@ -64,30 +64,47 @@ class _SecretRunner(SuiteRunner):
         return self._secret
 
 
-def _numbers(record: dict[str, Any]) -> tuple[Any, ...]:
-    return record.get("final_train_loss"), [e["metrics"] for e in record["evaluations"]]
+def numbers(record: dict[str, Any]) -> list[Any]:
+    """What must be bit-identical sealed and unsealed: the final training loss and every evaluation's metrics
+    (JSON-safe: a confined check compares them across processes)."""
+    return [record.get("final_train_loss"), [e["metrics"] for e in record["evaluations"]]]
+
+
+def secret_run(suite_data: dict[str, Any], registry: Registry, data: ImageSet, files: list[str],
+               data_root: Path, cache_dir: Path, seal: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The smoke suite on the secret ``data``, sealed or in this process: ``(record, None)`` if it ran
+    ``ok`` (sealed when asked), else ``(None, what went wrong)``."""
+    suite = parse_suite(dict(suite_data), suite_data["name"])
+    with tempfile.TemporaryDirectory(prefix="metabench-sealed-check-") as tmp:
+        settings = Settings(Path(tmp), data_root, cache_dir, seal=seal, checkpoint_every=None,
+                            hide=(Path("results").resolve(),))  # where a vandal would look first
+        (outcome,) = run_suite(_SecretRunner(suite, registry, settings, data, files), LocalExecutor())
+    where = "sealed" if seal else "in this process"
+    if outcome.status != "ok":
+        return None, f"failed {where}: {outcome.error}"
+    if seal and not outcome.record.get("isolation", {}).get("sealed"):
+        return None, "the sealed run did not run sealed"
+    return outcome.record, None
+
+
+def compare(sealed_numbers: list[Any], here_numbers: list[Any], note: list[str]) -> str | None:
+    """None if the numbers of the sealed run and of the run in reach of the labels are identical, else why not."""
+    if sealed_numbers != here_numbers:
+        a, b = (n[1][0]["accuracy_mean"] for n in (here_numbers, sealed_numbers))
+        return (f"results differ when the plugin cannot reach labels, data files or the cache (accuracy "
+                f"{100 * a:.1f}% in reach of them, {100 * b:.1f}% sealed): it reads what it must not")
+    note.append("bit-identical in reach of the labels and in a sealed worker on a secret synthetic dataset")
+    return None
 
 
 def sealed_isolation(suite_data: dict[str, Any], registry: Registry, data: ImageSet, files: list[str],
                      data_root: Path, cache_dir: Path, note: list[str]) -> str | None:
     """Run ``suite_data`` on ``data`` sealed, then (only if that passed: a vandal caught by the seal does
     not get to act here) in this process; None if both are ok and bit-identical, else what went wrong."""
-    records = {}
+    got = {}
     for seal in (True, False):
-        suite = parse_suite(dict(suite_data), suite_data["name"])
-        with tempfile.TemporaryDirectory(prefix="metabench-sealed-check-") as tmp:
-            settings = Settings(Path(tmp), data_root, cache_dir, seal=seal, checkpoint_every=None,
-                                hide=(Path("results").resolve(),))  # where a vandal would look first
-            (outcome,) = run_suite(_SecretRunner(suite, registry, settings, data, files), LocalExecutor())
-        where = "sealed" if seal else "in this process"
-        if outcome.status != "ok":
-            return f"failed {where}: {outcome.error}"
-        if seal and not outcome.record.get("isolation", {}).get("sealed"):
-            return "the sealed run did not run sealed"
-        records[seal] = outcome.record
-    if _numbers(records[False]) != _numbers(records[True]):
-        a, b = (records[s]["evaluations"][0]["metrics"]["accuracy_mean"] for s in (False, True))
-        return (f"results differ when the plugin cannot reach labels, data files or the cache (accuracy "
-                f"{100 * a:.1f}% in this process, {100 * b:.1f}% sealed): it reads what it must not")
-    note.append("bit-identical in this process and in a sealed worker on a secret synthetic dataset")
-    return None
+        record, problem = secret_run(suite_data, registry, data, files, data_root, cache_dir, seal)
+        if problem:
+            return problem
+        got[seal] = numbers(record)
+    return compare(got[True], got[False], note)
