@@ -11,7 +11,7 @@ import pytest
 
 from metabench.checks.conformance import SEALED, check_plugin, failures
 from metabench.commands.cli import main
-from metabench.engine import check_stamps, checkpoint, plugin_probe, provenance, sealed
+from metabench.engine import check_stamps, checkpoint, code_digest, plugin_probe, provenance, sealed
 from metabench.engine.records import read_record
 from metabench.engine.registry import discover
 from tests.cheats import CHEATS, VANDALS
@@ -345,7 +345,7 @@ def test_a_reported_digest_that_does_not_match_the_files_is_refused(tmp_path):
     mine.write_text("y = 2\n")
     meta = {"name": "borrower", "module": "m", "qualname": "C",
             "code_sources": [["metabench_userplugin_honest", str(honest)]]}
-    meta["code_digest"] = provenance.digest_sources([("metabench_userplugin_honest", honest.read_bytes())], "m.C")
+    meta["code_digest"] = code_digest.digest_sources([("metabench_userplugin_honest", honest.read_bytes())], "m.C")
     with pytest.raises(ValueError, match="not those of its source"):   # another file's digest
         plugin_probe.check_digest(meta, {"kind": "file", "path": str(mine)})
     plugin_probe.check_digest(meta, {"kind": "file", "path": str(honest)})

@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,11 +46,13 @@ from metabench.engine.registry import HOOKS, PluginInfo, Registry, UnknownPlugin
 from metabench.engine.runner import Settings, SuiteRunner
 from metabench.engine.suite import parse_suite
 from metabench.engine import check_stamps, plugin_probe, sandbox, sealed
-from metabench.checks.sealed_check import numbers, sealed_isolation, secret_dataset, secret_run
+from metabench.engine.paths import default_cache_dir, default_data_root
+from metabench.checks.sealed_check import compare, numbers, sealed_isolation, secret_dataset, secret_run
 from metabench.execution.executors import LocalExecutor, ProcessExecutor, run_suite
 from metabench.seeding import derive_seed, make_generator
 
 WAYS, SHOTS, QUERIES, TASKS = 5, 1, 3, 2  # the shape of every task the battery asks for
+_CONFINED_TIMEOUT_S = 3600  # the sandboxed checks of an outside plugin
 
 
 class CheckResult(NamedTuple):
@@ -554,8 +560,6 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
     its checks run in a sandbox (:mod:`metabench.checks.confined_check`). ``in_reach``: see
     :func:`_check_sealed` (the sandboxed child's part; no stamp is written).
     """
-    from metabench.engine.paths import default_cache_dir, default_data_root
-
     data_root = Path(data_root or default_data_root())
     cache_dir = Path(cache_dir or default_cache_dir())
     options = dict(options or {})
@@ -579,10 +583,8 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
         return b.results
     if not options:  # the plugin's own quick options, if it declares them
         options = dict(getattr(info.cls, "check_options", None) or {})
-    if plugin_probe.is_stand_in(info.cls):
-        from metabench.checks.confined_check import check_confined
-
-        return b.results + check_confined(info, registry, options, plugins_dirs, data_root, cache_dir, isolated)
+    if plugin_probe.is_stand_in(info.cls):  # an outside plugin: its code runs only in sandboxes
+        return b.results + _check_confined(info, registry, options, plugins_dirs, data_root, cache_dir, isolated)
     opts = _check_contract(b, info, options)
     instance, no_tasks = None, False
     if opts is not None:
@@ -606,3 +608,70 @@ def check_plugin(name: str, kind: str | None = None, *, plugins_dirs: Sequence[s
 def failures(results: Sequence[CheckResult]) -> list[CheckResult]:
     """The checks that failed."""
     return [r for r in results if r.ok is False]
+
+
+# ------------------------------------------------------------------------------------- outside plugins
+
+
+def _check_confined(info: PluginInfo, registry: Registry, options: dict[str, Any], plugins_dirs: list[Path],
+                   data_root: Path, cache_dir: Path, isolated: bool) -> list[CheckResult]:
+    """The battery for stand-in ``info`` (after "found"): the sealed half here, the rest in a sandbox."""
+    reference, files = sandbox.opened_files(lambda: _reference_data(registry, data_root, cache_dir))
+    data = secret_dataset(reference.name, reference.image_shape)
+    no_tasks = info.kind == "task_generator" and not info.cls.gives_tasks
+    suite = smoke_suite(registry, info.kind, info.name, options, no_tasks)
+    sealed_record, sealed_problem = secret_run(suite, registry, data, files, data_root, cache_dir, seal=True)
+    # the in-reach half only after the sealed one passed, as in an unconfined check
+    child_results, here = _confined_child(info, options, plugins_dirs, isolated, [data_root, cache_dir],
+                                          None if sealed_problem else (data, suite))
+    results = [r for r in child_results if r.check not in ("found", SEALED)]
+    in_reach = next((r for r in child_results if r.check == SEALED), None)
+    note: list[str] = []
+    if sealed_problem:
+        results.append(CheckResult(SEALED, False, sealed_problem))
+    elif in_reach is None or in_reach.ok is not True or here is None:
+        results.append(in_reach._replace(check=SEALED) if in_reach is not None and in_reach.ok is not True
+                       else CheckResult(SEALED, False, "the run in reach of the labels gave no numbers"))
+    else:
+        problem = compare(numbers(sealed_record), here, note)
+        results.append(CheckResult(SEALED, problem is None, problem or "; ".join(note)))
+    if results[-1].ok and not failures(results):
+        path = check_stamps.write_stamp(cache_dir, info.kind, info.name, info.cls)
+        results.append(CheckResult("stamp", True, f"passed at this code: {path.name}"))
+    return results
+
+
+def _confined_child(info: PluginInfo, options: dict[str, Any], plugins_dirs: list[Path], isolated: bool,
+           hidden: list[Path], secret: tuple[ImageSet, dict[str, Any]] | None
+           ) -> tuple[list[CheckResult], list[Any] | None]:
+    """Run the unconfined battery in a sandboxed child; its results and in-reach numbers (None: none)."""
+    with tempfile.TemporaryDirectory(prefix="metabench-confined-check-") as scratch:
+        work = Path(scratch) / "work"
+        (work / "cache").mkdir(parents=True)
+        empty = Path(scratch) / ".hidden"
+        empty.write_bytes(b"")
+        args = {"name": info.name, "kind": info.kind, "options": options, "isolated": isolated,
+                "plugins_dirs": [str(d) for d in plugins_dirs], "data_root": str(hidden[0]),
+                "suite": secret[1] if secret else None}
+        (work / "args.json").write_text(json.dumps(args))
+        if secret is not None:
+            d = secret[0]
+            torch.save({"name": d.name, "images": d.images, "labels": d.labels, "train": d.splits["train"],
+                        "test": d.splits["test"]}, work / "secret.pt")
+        cmd = sandbox.command([sys.executable, "-m", "metabench.checks.confined_check", str(work)],
+                              hidden_dirs=[*hidden, default_data_root(), default_cache_dir(),
+                                           Path("results").resolve()],
+                              hidden_files=[], writable=[str(work)], empty_file=empty, cwd=os.getcwd())
+        env = {**os.environ, "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=_CONFINED_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return [CheckResult("confined checks", False, f"did not finish in {_CONFINED_TIMEOUT_S} s")], None
+        try:
+            out = json.loads((work / "out.json").read_text())
+            results = [CheckResult(str(c), None if ok is None else bool(ok), str(m)) for c, ok, m in out["results"]]
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            tail = done.stderr.decode(errors="replace").strip()[-400:]
+            return [CheckResult("confined checks", False, f"the sandboxed checks gave no report ({exc}; exit "
+                                f"code {done.returncode}){': ' + tail if tail else ''}")], None
+    return results, out.get("numbers")

@@ -4,7 +4,8 @@ A plugin module runs code when it is imported, before any run is sealed. The pro
 (entry points of the ``metabench`` distribution) are imported here as usual; every other source -- an
 installed package's entry point, a ``--plugins-dir`` file -- is imported by :func:`probe` in a
 ``bwrap`` sandbox (:mod:`metabench.engine.sandbox`): the whole file system read-only, the data roots, the
-cache folders and the results folder hidden, no network. The sandboxed child describes each task generator
+cache folders and the results folder hidden, no network. The sandboxed child
+(:mod:`metabench.engine.plugin_probe_child`) describes each task generator
 and algorithm class it finds (name, options, claims, flags, code digest) as JSON, and this process builds
 a *stand-in* class from that description (:func:`stand_in`): it carries everything the supervisor reads
 from a plugin class, and its methods refuse to run. Runs of a stand-in are sealed, so the plugin's code
@@ -20,9 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from metabench.engine.code_digest import digest_sources
 
 #: distributions whose entry points are the project's own code, imported without a probe
 TRUSTED_DISTS = frozenset({"metabench"})
@@ -50,26 +52,10 @@ def _decode(x: Any) -> Any:
     return x
 
 
-def describe(kind: str, cls: type) -> dict[str, Any]:
-    """What the supervisor needs of a task generator or algorithm class, as JSON-able data."""
-    from metabench.engine import checkpoint, provenance
-
-    return {"kind": kind, "name": cls.name, "qualname": cls.__qualname__, "module": cls.__module__,
-            "doc": cls.__doc__ or "", "description": cls.description, "paper": getattr(cls, "paper", ""),
-            "defaults": _encode(dict(cls.defaults)), "check_options": _encode(dict(cls.check_options or {})),
-            "smoke_partner": _encode(vars(cls).get("smoke_partner")),
-            "claims": [_encode(asdict(c)) for c in cls.__dict__.get("claims", ())],
-            "flags": {k: bool(getattr(cls, k)) for k in ("uses_labels", "gives_tasks", "needs_tasks",
-                                                         "trains_per_way", "resumable") if hasattr(cls, k)},
-            "own_clustering": bool(kind == "algorithm" and cls.has_own_clustering()),
-            "code_digest": provenance.plugin_code_digest(cls), "code_modules": provenance.code_modules(cls),
-            "code_sources": [list(x) for x in provenance.code_sources(cls)],
-            "code_files": checkpoint.plugin_files(cls)}
-
-
 def stand_in(meta: dict[str, Any]) -> type:
-    """A class that stands for a plugin class described by :func:`describe`: same name, options, claims,
-    flags and code digest; instances refuse to run (its code lives only in sandboxes)."""
+    """A class that stands for a plugin class described by
+    :func:`metabench.engine.plugin_probe_child.describe`: same name, options, claims, flags and code
+    digest; instances refuse to run (its code lives only in sandboxes)."""
     from metabench.claims import Claim
     from metabench.contracts import Algorithm, PluginError, TaskGenerator
 
@@ -120,8 +106,6 @@ def check_digest(meta: dict[str, Any], source: dict[str, Any]) -> None:
     """Re-compute the code digest a sandboxed import reported from the files it names, here, and check
     that they include the source's own module file: a plugin cannot borrow another plugin's digest (and
     with it that plugin's check stamp or fresh records). Raises ``ValueError`` naming the mismatch."""
-    from metabench.engine import provenance
-
     files, paths = [], set()
     for name, path in meta["code_sources"]:
         try:
@@ -129,7 +113,7 @@ def check_digest(meta: dict[str, Any], source: dict[str, Any]) -> None:
         except OSError as exc:
             raise ValueError(f"{meta['name']}: its code file {path} cannot be read here ({exc})") from None
         paths.add(os.path.realpath(path))
-    digest = provenance.digest_sources(files, f"{meta['module']}.{meta['qualname']}")
+    digest = digest_sources(files, f"{meta['module']}.{meta['qualname']}")
     if digest != meta["code_digest"]:
         raise ValueError(f"{meta['name']}: the code digest its sandboxed import reported does not match its files")
     own = _own_file(source)
@@ -159,7 +143,7 @@ def probe(sources: list[dict[str, str]], hidden_dirs: list[str | Path]) -> list[
         empty = Path(scratch) / ".hidden"
         empty.write_bytes(b"")
         (work / "sources.json").write_text(json.dumps(sources))
-        argv = [sys.executable, "-m", "metabench.engine.plugin_probe", str(work)]
+        argv = [sys.executable, "-m", "metabench.engine.plugin_probe_child", str(work)]
         cmd = sandbox.command(argv, hidden_dirs=hidden_dirs, hidden_files=[], writable=[str(work)],
                               empty_file=empty, cwd=os.getcwd())
         env = {**os.environ, "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -179,43 +163,3 @@ def probe(sources: list[dict[str, str]], hidden_dirs: list[str | Path]) -> list[
             return [{"source": s["source"], "error": f"the sandboxed import gave no description ({exc}; exit "
                      f"code {done.returncode}){': ' + tail if tail else ''}"} for s in sources]
     return described
-
-
-def _probe_child(work: Path) -> int:
-    """In the sandbox: import each source of ``work/sources.json``, write ``work/described.json``."""
-    import importlib.metadata as md
-
-    from metabench.engine import registry as r
-
-    sources = json.loads((work / "sources.json").read_text())
-    out: list[dict[str, Any]] = []
-    for s in sources:
-        reg, pm = r.Registry(), r._new_manager()
-        try:
-            if s["kind"] == "file":
-                module = r._import_file(Path(s["path"]))
-            else:
-                module = md.EntryPoint(name=s["name"], value=s["value"], group=r.ENTRY_POINT_GROUP).load()
-        except BaseException as exc:  # a plugin file may even call sys.exit
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            out.append({"source": s["source"], "error": r._describe(exc)})
-            continue
-        try:
-            r._collect(reg, pm, module, s["source"], "", None)
-            entry = {"source": s["source"], "datasets": sorted(reg.plugins["dataset"]),
-                     "plugins": [describe(info.kind, info.cls) for kind in ("task_generator", "algorithm")
-                                 for info in reg.plugins[kind].values()],
-                     "failures": [[f.source, f.error] for f in reg.failures]}
-        except Exception as exc:
-            entry = {"source": s["source"], "error": r._describe(exc)}
-        out.append(entry)
-    (work / "described.json").write_text(json.dumps(out, allow_nan=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.dont_write_bytecode = True
-    code = _probe_child(Path(sys.argv[1]))
-    sys.stdout.flush()
-    os._exit(code)  # a plugin's atexit handlers and threads do not get to run

@@ -37,9 +37,9 @@ import torch
 
 from metabench.contracts import KINDS, ImageSet
 from metabench.engine.registry import Registry
+from metabench.engine.code_digest import FORMAT as _FORMAT, digest_sources
 from metabench.names import base_name
 
-_FORMAT = b"metabench-provenance-1\0"
 _CORE = ("metabench.toolkit", "metabench.seeding")  # the numerical code plugins run on, hashed with them
 
 
@@ -139,17 +139,6 @@ def code_modules(cls: type) -> list[str]:
 def code_sources(cls: type) -> list[tuple[str, str]]:
     """(module name, file) of each module :func:`plugin_code_digest` hashes for ``cls``."""
     return [(name, path) for name, path, _ in _source_files(cls)]
-
-
-def digest_sources(files: list[tuple[str, bytes]], fallback: str) -> str:
-    """The digest of (module name, source) pairs sorted by name; ``fallback`` (a class's dotted name)
-    when there are none."""
-    h = hashlib.sha256(_FORMAT)
-    if not files:  # no source to be found (a class made at run time): its name is all there is
-        h.update(fallback.encode())
-    for name, data in sorted(files):
-        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)
