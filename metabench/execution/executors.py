@@ -48,7 +48,8 @@ from metabench.engine.registry import Registry, discover
 from metabench.engine.runner import Settings, SuiteRunner
 from metabench.engine.suite import RunSpec, Suite
 from metabench.execution.outcomes import RunOutcome, done_outcome, run_one, write_failed
-from metabench.execution.runlock import RunLock, clear_stale, describe_holder, lock_path, try_acquire
+from metabench.execution.runlock import (RunLock, clear_stale, describe_holder, lock_path, release_all,
+                                         try_acquire)
 
 EXECUTORS = ("local", "process", "ray")
 RAY_HINT = ('--executor ray needs Ray, an optional extra: pip install "metabench[ray]" '
@@ -521,6 +522,9 @@ def sigterm_exits() -> Iterator[None]:
     old = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except SystemExit:
+        release_all()  # a lock taken just before the signal, outside any run's own clean-up
+        raise
     finally:
         signal.signal(signal.SIGTERM, old)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -136,22 +137,35 @@ def try_acquire(out_dir: Path, run_id: str) -> RunLock | None:
     body = json.dumps({"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid), "token": token,
                        "run_id": run_id, "since": time.time()}).encode()
     for _ in range(3):
+        # SIGTERM waits while the file is made and registered: a terminated run releases what it holds
+        # (release_all), so no lock may exist that is not registered yet
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not is_stale(path):
-                return None
-            _break(path)
-            continue
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                fd = None
+            if fd is not None:
+                try:
+                    os.write(fd, body)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                lock = RunLock(path, token)
+                _KEEPER.add(lock)
+                return lock
         finally:
-            os.close(fd)
-        lock = RunLock(path, token)
-        _KEEPER.add(lock)
-        return lock
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if not is_stale(path):
+            return None
+        _break(path)
     return None
+
+
+def release_all() -> None:
+    """Release every lock this process holds (a terminated ``run`` on its way out)."""
+    for lock in _KEEPER.held():
+        lock.release()
 
 
 class _Keeper:
@@ -169,6 +183,10 @@ class _Keeper:
                 self._thread = threading.Thread(target=self._loop, name="metabench-lock-heartbeat",
                                                 daemon=True)
                 self._thread.start()
+
+    def held(self) -> list[RunLock]:
+        with self._mutex:
+            return list(self._locks)
 
     def forget(self, lock: RunLock) -> None:
         with self._mutex:
