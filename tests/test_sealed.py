@@ -104,8 +104,9 @@ def test_honest_records_are_bit_identical_sealed_and_unsealed(tmp_path, cache_di
     assert "own_nmi" in got["--seal"]["unlabeled+meta_gmvae"]["evaluations"][0]["metrics"]  # cluster() served
 
 
-@needs_bwrap
-def test_cheats_and_vandals_get_failed_records_and_nothing_is_lost(tmp_path, cache_dir, monkeypatch):
+def _baited(tmp_path, cache_dir, monkeypatch):
+    """A data root and a results folder holding an honest record, pointed at by ``$CHEAT_*`` for vandals:
+    ``(results, data_root, run args, the record, its bytes, the data root's digest)``."""
     results, data_root = tmp_path / "results", tmp_path / "data"
     (data_root / "MNIST").mkdir(parents=True)
     (data_root / "MNIST" / "README").write_text("data that must stay as it is\n")
@@ -116,6 +117,12 @@ def test_cheats_and_vandals_get_failed_records_and_nothing_is_lost(tmp_path, cac
     before_record, before_data = kept.read_bytes(), _tree_digest(data_root)
     monkeypatch.setenv("CHEAT_RESULTS", str(results))
     monkeypatch.setenv("CHEAT_DATA_ROOT", str(data_root))
+    return results, data_root, args, kept, before_record, before_data
+
+
+@needs_bwrap
+def test_cheats_and_vandals_get_failed_records_and_nothing_is_lost(tmp_path, cache_dir, monkeypatch):
+    results, data_root, args, kept, before_record, before_data = _baited(tmp_path, cache_dir, monkeypatch)
     plug = _plugins(tmp_path)
     cheats = _suite(tmp_path, "cheats", CHEATS, ["protonet"])
     vandals = _suite(tmp_path, "vandals", ["umtra"], VANDALS)
@@ -221,16 +228,7 @@ def test_a_sealed_run_checkpoints_through_the_supervisor_and_resumes_bit_identic
 def test_an_outside_module_is_imported_only_in_a_sandbox(tmp_path, cache_dir, monkeypatch):
     """A plugin that vandalises at import time (before any run is sealed) never runs in the supervisor:
     ``run`` and ``list`` import outside modules in a sandbox and use stand-ins; records and data stay."""
-    results, data_root = tmp_path / "results", tmp_path / "data"
-    (data_root / "MNIST").mkdir(parents=True)
-    (data_root / "MNIST" / "README").write_text("data that must stay as it is\n")
-    honest = _suite(tmp_path, "honest", ["umtra"], ["protonet"])
-    args = ["--results", str(results), "--cache-dir", str(cache_dir), "--data-root", str(data_root)]
-    assert main(["run", str(honest), *args]) == 0
-    (kept,) = (results / "honest").glob("*.json")
-    before_record, before_data = kept.read_bytes(), _tree_digest(data_root)
-    monkeypatch.setenv("CHEAT_RESULTS", str(results))
-    monkeypatch.setenv("CHEAT_DATA_ROOT", str(data_root))
+    results, data_root, args, kept, before_record, before_data = _baited(tmp_path, cache_dir, monkeypatch)
     plug = tmp_path / "plugins"
     plug.mkdir()
     shutil.copy(Path(__file__).with_name("import_vandal.py"), plug / "import_vandal.py")
