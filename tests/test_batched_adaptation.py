@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metabench import RunContext
+from metabench.toolkit import inner_loop
 from metabench_plugins.algorithms.anil import ANIL
 from metabench_plugins.algorithms.fomaml import FOMAML
 from metabench_plugins.algorithms.maml import MAML
@@ -39,8 +40,11 @@ def _alg(cls, path: str):
     return alg
 
 
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("cls", [MAML, FOMAML, MetaSGD, ANIL, Reptile])
-def test_batched_adaptation_predicts_the_per_episode_logits(f64, cls):
+def test_batched_adaptation_predicts_the_per_episode_logits(f64, cls, fold, monkeypatch):
+    # after adapting together, the query sets run per episode (CPU's rule) or folded into one pass (CUDA's)
+    monkeypatch.setattr(inner_loop, "fold_queries", lambda device: fold)
     sx, sy, qx = _episodes()
     ref_alg = _alg(cls, "loop")
     ref = ref_alg.predict(sx, sy, qx, N)  # the loop adapts episode by episode

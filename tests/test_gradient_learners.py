@@ -12,7 +12,8 @@ from metabench import Budget, EpisodeBatch, LabeledSplit, PluginError, RunContex
 from metabench.toolkit.episodes import EpisodeSampler
 from metabench.engine.evaluation import evaluate, fixed_episode_indices
 from metabench.toolkit import grouped
-from metabench.toolkit.inner_loop import InnerLoop, MetaModel, adapt, meta_backward, meta_batch_query, resolve_path
+from metabench.toolkit.inner_loop import (CPU_CHUNK, GROUPED_MAX_TASK_IMAGES, InnerLoop, MetaModel, adapt, meta_backward,
+                                          meta_batch_query, resolve_chunk, resolve_path)
 from metabench.seeding import make_generator
 from metabench_plugins.algorithms.anil import ANIL
 from metabench_plugins.algorithms.fomaml import FOMAML
@@ -236,9 +237,23 @@ def test_grouped_path_follows_the_models_memory_format(f64):
 
 
 def test_paths_and_plugin_defaults():
-    assert resolve_path("auto", "cpu") == "loop" and resolve_path("auto", "cuda") == "batched"
+    small, large = GROUPED_MAX_TASK_IMAGES, GROUPED_MAX_TASK_IMAGES + 1
+    assert resolve_path("auto", "cpu") == "loop" and resolve_path("auto", "cuda", small) == "batched"
+    assert resolve_path("auto", "cpu", small) == "grouped" and resolve_path("auto", "cpu", large) == "loop"
+    assert resolve_path("auto", "cpu", small, foldable=False) == "loop"
+    assert resolve_path("auto", "cpu", phase="predict") == "grouped"
+    assert resolve_path("auto", "cpu", phase="predict", foldable=False) == "loop"
+    assert resolve_path("auto", "cuda", phase="predict") == "batched"
     assert resolve_path("loop", "cuda") == "loop" and resolve_path("batched", "cpu") == "batched"
-    assert resolve_path("grouped", "cpu") == "grouped"
+    assert resolve_path("grouped", "cpu") == "grouped" and resolve_path("loop", "cpu", phase="predict") == "loop"
+    assert resolve_chunk("auto", "loop", "cpu") == 1 and resolve_chunk("auto", "loop", "cuda") == 1
+    assert resolve_chunk("auto", "grouped", "cpu") == CPU_CHUNK and resolve_chunk("auto", "batched", "cuda") == 0
+    assert resolve_chunk(0, "grouped", "cpu") == 0 and resolve_chunk(3, "loop", "cpu") == 3
+    for bad in (-1, "4", 1.5, True):
+        with pytest.raises(ValueError, match="meta_grad_chunk"):
+            resolve_chunk(bad, "loop", "cpu")
+    with pytest.raises(ValueError, match="phase"):
+        resolve_path("auto", "cpu", phase="test")
     assert MAML.defaults["inner_lr"] == 0.4 and MAML.defaults["test_inner_steps"] > MAML.defaults["inner_steps"]
     assert FOMAML.defaults["first_order"] and not MAML.defaults["first_order"]
     assert ANIL.head_only and "inner_lr" not in MetaSGD.defaults
@@ -361,3 +376,17 @@ def test_meta_grad_chunk_option_trains_like_one_backward(f64):
     assert after[1][0] == pytest.approx(after[0][0], rel=1e-12)
     for k, v in after[0][1].items():
         torch.testing.assert_close(after[1][1][k], v, rtol=0, atol=1e-9)
+
+
+def test_auto_resolves_the_paths_and_chunk_from_the_task_size_and_backbone():
+    def built(queries, **opts):
+        alg = MAML()
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, queries, SHAPE, MAML.resolve_options({"hidden": 4, **opts})))
+        return alg.path, alg.predict_path, alg.chunk
+    assert N * (K + 2) <= GROUPED_MAX_TASK_IMAGES < N * (K + 5)
+    assert built(2) == ("grouped", "grouped", CPU_CHUNK)
+    assert built(5) == ("loop", "grouped", 1)
+    assert built(2, backbone="resnet12") == ("loop", "loop", 1)
+    assert built(2, path="batched", meta_grad_chunk=0) == ("batched", "batched", 0)
+    with pytest.raises(PluginError, match="meta_grad_chunk"):
+        built(2, meta_grad_chunk=-2)

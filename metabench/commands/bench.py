@@ -114,7 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "training)")
     p.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-training step")
     p.add_argument("--paths", type=_paths, default=PATHS,
-                   help=f"comma-separated execution paths to time besides loop and what auto resolves to "
+                   help=f"comma-separated execution paths to time besides loop and auto "
                         f"(default {','.join(PATHS)})")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")

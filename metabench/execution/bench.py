@@ -5,7 +5,8 @@ batches with ``train_queries`` query images per class, adaptation episodes with 
 ``warmup`` untimed calls, ``repeats`` calls of ``train_step`` and of ``predict`` are timed one by one (the
 device is synchronised around each) and the medians are reported, with the peak memory of each (reset before
 it). An algorithm with a ``path`` option is timed on its per-task reference loop (``loop``) and on the
-other paths asked for; the ``auto`` row repeats the numbers of the path ``auto`` resolves to on this device.
+other paths asked for, and on ``auto``, timed as its own configuration since it may meta-train and adapt on
+different paths (its row names them: ``train_path``, ``predict_path``, and ``resolves_to`` = the training path).
 ``speedup_vs_reference`` is meta-training throughput relative to the ``loop`` row of the same algorithm,
 measured in the same invocation.
 
@@ -98,9 +99,10 @@ def resolve_algorithms(algorithms: Sequence[str | type[Algorithm]] | None) -> li
     return [a if isinstance(a, type) else reg.get("algorithm", a).cls for a in algorithms]
 
 
-def _build(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, queries: int,
+def _build(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch,
            options: dict[str, Any] | None) -> Algorithm:
-    shots = batch.support_x.shape[1] // batch.ways
+    """``cls`` set up as a run sets it up for meta-training on ``batch``'s shape (ways, shots, queries)."""
+    shots, queries = batch.support_x.shape[1] // batch.ways, batch.query_x.shape[1] // batch.ways
     alg = cls()
     alg.setup(RunContext(device, derive_seed("bench", cls.name), batch.ways, shots, queries,
                          tuple(batch.support_x.shape[2:]), cls.resolve_options(options)))
@@ -140,7 +142,7 @@ def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBat
     ``cuda_graph`` says whether it was)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    alg = _build(cls, device, batch, queries, options)
+    alg = _build(cls, device, batch, options)
     step = iter(range(10**9))
     cuda_graph = cuda_graph and device.type == "cuda" and hasattr(alg, "step_losses")
     memory.reset_peak(device)
@@ -156,7 +158,9 @@ def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBat
         adapt_mb = memory.peak_mb(device)
     return {"meta_train_tasks_per_s": batch.tasks / train_s, "adapt_ms_per_task": 1000 * adapt_s / batch.tasks,
             "train_peak_mem_mb": train_mb, "adapt_peak_mem_mb": adapt_mb, "peak_mem_mb": max(train_mb, adapt_mb),
-            "train_mem_over_start_mb": train_mb - start_mb, "cuda_graph": cuda_graph}
+            "train_mem_over_start_mb": train_mb - start_mb, "cuda_graph": cuda_graph,
+            "train_path": getattr(alg, "path", None), "predict_path": getattr(alg, "predict_path", None),
+            "meta_grad_chunk": getattr(alg, "chunk", None)}
 
 
 def count_flops(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
@@ -166,7 +170,7 @@ def count_flops(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch,
     from torch.utils.flop_counter import FlopCounterMode
 
     opts = {**(options or {}), **({"path": "loop"} if "path" in cls.defaults else {})}
-    alg = _build(cls, device, batch, queries, opts)
+    alg = _build(cls, device, batch, opts)
     with FlopCounterMode(display=False) as train:
         alg.train_step(batch, 0)
     with FlopCounterMode(display=False) as adapt:
@@ -198,8 +202,9 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     ``train_peak_mem_mb``, ``adapt_peak_mem_mb``, ``peak_mem_mb`` (their maximum), ``train_mem_over_start_mb``,
     ``cuda_graph``, ``variant``, ``train_gflop_per_s``,
     ``adapt_gflop_per_s``, ``matmul_gflop_per_s``, ``matmul_fraction``, ``adapt_matmul_fraction`` and
-    ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option); ``auto`` rows also carry
-    ``resolves_to``. Paths timed: ``loop`` always, the other ``paths``, and what ``auto`` resolves to.
+    ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option), ``train_path``,
+    ``predict_path`` and ``meta_grad_chunk`` (as the built algorithm resolved them); ``auto`` rows also carry
+    ``resolves_to`` (the training path). Paths timed: ``loop`` always, the other ``paths``, and ``auto``.
     ``autocast`` and ``cuda_graph`` as in :func:`time_algorithm` (``variant`` names them in the rows).
     ``rounds`` > 1 measures the paths of an algorithm in turn that many times (interleaved, so that a change
     of machine load hits every path alike) and reports each path's median rates and largest peaks.
@@ -207,8 +212,6 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     Meta-training steps see ``train_queries`` query images per class (default ``shots``: the K-shot,
     K-query meta-training batches of the MAML reference code for Omniglot); adaptation is timed on
     episodes with ``queries`` per class. ``options`` maps an algorithm name to extra options."""
-    from metabench.toolkit.inner_loop import resolve_path
-
     device = torch.device(device)
     train_queries = shots if train_queries is None else train_queries
     batch = synthetic_batch(meta_batch, ways, shots, train_queries, image_shape, device)
@@ -216,8 +219,7 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     matmul = statistics.median(matmul_gflops(device, repeats, warmup) for _ in range(rounds))
     variant = "+".join(([f"{str(autocast).removeprefix('torch.')}-autocast"] if autocast is not None else [])
                        + (["cuda-graph"] if cuda_graph else [])) or "default"
-    auto = resolve_path("auto", device)
-    timed = list(dict.fromkeys(("loop", *paths, auto)))
+    timed = list(dict.fromkeys(("loop", *paths, "auto")))
     rows: list[dict[str, Any]] = []
     for cls in resolve_algorithms(algorithms):
         extra = dict((options or {}).get(cls.name, {}))
@@ -244,9 +246,8 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
         measured = {p: measure(r) for p, r in runs.items()}
         ref = measured["loop"]["meta_train_tasks_per_s"]
         for p, m in measured.items():
-            rows.append({**base, "path": p, **m, "speedup_vs_reference": m["meta_train_tasks_per_s"] / ref})
-        rows.append({**base, "path": "auto", **measured[auto], "resolves_to": auto,
-                     "speedup_vs_reference": measured[auto]["meta_train_tasks_per_s"] / ref})
+            rows.append({**base, "path": p, **m, "speedup_vs_reference": m["meta_train_tasks_per_s"] / ref,
+                         **({"resolves_to": m["train_path"]} if p == "auto" else {})})
     return rows
 
 

@@ -111,19 +111,56 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(-3, -1).contiguous().movedim(-1, -3)
 
 
-def resolve_path(path: str, device: torch.device | str) -> str:
-    """``"batched"``, ``"loop"`` or ``"grouped"`` for ``path`` on ``device``.
+#: On CPU, ``auto`` meta-trains on the ``grouped`` path when a task holds at most this many images (support
+#: plus query) and the backbone folds (Conv-4); larger tasks use the per-task ``loop``. Measured with
+#: ``metabench bench`` (2-core CPU, Conv-4, 28x28, meta-batch 32, ``grouped`` backpropagating 4 tasks at a
+#: time): 10 images per task 1.40-1.59x the loop (MAML, FOMAML, ANIL), 30 images 1.10-1.15x, 80 images 0.83x.
+GROUPED_MAX_TASK_IMAGES = 16
 
-    ``auto`` comes from measurement (``metabench bench``; the figures are in ``benchmarks/results/README.md``):
-    on CPU the per-task loop, since ``vmap`` wins there only on the smallest tasks and not for every learner;
-    on CUDA the batched path, where one launch serves every task of the meta-batch. ``grouped`` is chosen
-    only explicitly until it is measured.
+#: Tasks per backward pass (``meta_grad_chunk = "auto"``) on CPU for the ``grouped`` and ``batched`` paths:
+#: 4 tasks at a time was faster than the whole meta-batch (1.41x vs 1.15x the loop, MAML, 10 images per
+#: task) and holds 7x less memory. The ``loop`` backpropagates each task as soon as it is computed (1): as
+#: fast as one backward over the mean loss (0.99-1.01x) with 8x less memory.
+CPU_CHUNK = 4
+
+
+def resolve_path(path: str, device: torch.device | str, task_images: int | None = None, foldable: bool = True,
+                 phase: str = "train") -> str:
+    """``"batched"``, ``"loop"`` or ``"grouped"`` for ``path`` on ``device``, for meta-training (``phase =
+    "train"``, tasks of ``task_images`` support + query images) or test-time adaptation (``"predict"``).
+
+    ``auto`` is a rule measured with ``metabench bench`` (figures in ``benchmarks/results/README.md``): on
+    CUDA the batched path, one launch for every task; on CPU, meta-training on ``grouped`` for tasks of at
+    most :data:`GROUPED_MAX_TASK_IMAGES` images, else the per-task loop, and adaptation on ``grouped`` (the
+    episodes of an evaluation batch adapted together: 1.2-1.6x per-episode adaptation for MAML, 1.3-1.5x for
+    Reptile). ``grouped`` is chosen only for a backbone it can fold (``foldable``: Conv-4).
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if phase not in ("train", "predict"):
+        raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
     if path != "auto":
         return path
-    return "batched" if torch.device(device).type == "cuda" else "loop"
+    if torch.device(device).type == "cuda":
+        return "batched"
+    if not foldable:
+        return "loop"
+    if phase == "predict":
+        return "grouped"
+    return "grouped" if task_images is not None and task_images <= GROUPED_MAX_TASK_IMAGES else "loop"
+
+
+def resolve_chunk(chunk: int | str, path: str, device: torch.device | str) -> int:
+    """Tasks per backward pass of :func:`meta_backward` for option ``meta_grad_chunk``: an integer is kept
+    (0: one backward over the whole meta-batch); ``"auto"`` is 1 on the ``loop`` path, :data:`CPU_CHUNK` on the
+    others on CPU, and the whole meta-batch (0) on the others on CUDA (memory to spare, one launch)."""
+    if chunk != "auto":
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            raise ValueError(f"meta_grad_chunk must be 'auto' or an integer >= 0, got {chunk!r}")
+        return chunk
+    if path == "loop":
+        return 1
+    return 0 if torch.device(device).type == "cuda" else CPU_CHUNK
 
 
 def check_path(model: nn.Module, path: str) -> None:
@@ -327,12 +364,47 @@ def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, su
                    lrs: Params | None = None) -> torch.Tensor:
     """Test-time prediction of the gradient-based learners: detached query logits ``[T, Q, ways]`` after
     adapting detached copies of ``params`` (and ``lrs``), head cut to ``ways`` (:func:`fit_head`), to each
-    support set; gradients are enabled for the inner loop even under ``torch.no_grad``."""
+    support set; gradients are enabled for the inner loop even under ``torch.no_grad``.
+
+    On ``loop`` each episode is adapted and then predicts in turn. On ``batched`` / ``grouped`` the episodes
+    of the evaluation batch are adapted together (no outer graph is built: the adapted parameters are
+    detached), then their query sets go through the network as :func:`query_forward` decides per device.
+    """
     params = fit_head({k: v.detach() for k, v in params.items()}, ways, who)
     lrs = fit_head({k: v.detach() for k, v in lrs.items()}, ways, who) if lrs else None
+    if path == "loop":
+        with torch.enable_grad():
+            _, logits = meta_batch_query(model, params, support_x, support_y, query_x, None, cfg, lrs, path)
+        return logits.detach()
     with torch.enable_grad():
-        _, logits = meta_batch_query(model, params, support_x, support_y, query_x, None, cfg, lrs, path)
-    return logits.detach()
+        if path == "grouped":
+            phi, _ = adapt_grouped(model, params, support_x, support_y, cfg, lrs)
+        else:
+            def fn(p, lr, xt, yt):
+                return adapt(model, p, xt, yt, cfg, lr)
+            phi = over_tasks(fn, (params, lrs), (support_x, support_y), path, second_order=False)
+    with torch.no_grad():
+        return query_forward(model, {k: v.detach() for k, v in phi.items()}, query_x, path)
+
+
+def fold_queries(device: torch.device | str) -> bool:
+    """Whether :func:`query_forward` sends the query sets of all episodes through one folded forward pass:
+    on CUDA (one launch for every episode), not on CPU, where a Conv-4 forward of 75 query images costs the
+    same per image at batch 750 and the grouped form of 32 episodes costs 2.1x the per-episode forwards
+    (measured with ``metabench bench``, see ``benchmarks/results/README.md``)."""
+    return torch.device(device).type == "cuda"
+
+
+def query_forward(model: nn.Module, phi: Params, query_x: torch.Tensor, path: str) -> torch.Tensor:
+    """Logits ``[T, Q, ways]`` of per-episode parameters ``phi`` (``[T, *shape]``) on ``query_x``
+    ``[T, Q, ...]``: per episode, or folded (``grouped``: grouped convolutions; ``batched``: ``vmap``)
+    where :func:`fold_queries` says so for the device."""
+    if not fold_queries(query_x.device):
+        return torch.stack([functional_call(model, {k: v[t] for k, v in phi.items()}, (query_x[t],))
+                            for t in range(query_x.shape[0])])
+    if path == "grouped":
+        return grouped_logits(model, phi, query_x)
+    return vmap(lambda p, x: functional_call(model, p, (x,)), randomness="error")(phi, query_x)
 
 
 def meta_batch_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,

@@ -15,7 +15,7 @@ import torch
 
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
 from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_backward,
-                                  predict_logits, resolve_path)
+                                  predict_logits, resolve_chunk, resolve_path)
 from metabench.seeding import derive_seed, seeded
 
 
@@ -28,7 +28,7 @@ class MAML(Algorithm):
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
                 "first_order": False, "path": "auto", "hidden": 64, "channels_last": False,
-                "meta_grad_chunk": 0, "backbone": "conv4"}
+                "meta_grad_chunk": "auto", "backbone": "conv4"}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
@@ -52,12 +52,14 @@ class MAML(Algorithm):
             self.lrs = self.make_lrs(ctx)
         # channels-last: off by default so records stay comparable (measurements: benchmarks/results/README.md)
         self.channels_last = bool(o["channels_last"])
-        self.chunk = int(o["meta_grad_chunk"])
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         fo, lr = bool(o["first_order"]), float(o.get("inner_lr", 0.0))  # Meta-SGD has no inner_lr
         try:
-            self.path = resolve_path(str(o["path"]), ctx.device)
+            foldable = o["backbone"] == "conv4"
+            self.path = resolve_path(str(o["path"]), ctx.device, ctx.ways * (ctx.shots + ctx.queries), foldable)
+            self.predict_path = resolve_path(str(o["path"]), ctx.device, foldable=foldable, phase="predict")
+            self.chunk = resolve_chunk(o["meta_grad_chunk"], self.path, ctx.device)
             self.train_loop = InnerLoop(int(o["inner_steps"]), lr, fo, self.head_only)
             self.test_loop = InnerLoop(int(o["test_inner_steps"]), lr, True, self.head_only)
         except ValueError as exc:
@@ -81,7 +83,8 @@ class MAML(Algorithm):
     def step_losses(self, batch: EpisodeBatch) -> torch.Tensor:
         """:meth:`train_step` without the host sync (CUDA-graph capturable): the per-task losses ``[T]``.
         Option ``meta_grad_chunk`` = k > 0 backpropagates k tasks at a time (less memory, the same gradient
-        up to round-off); 0 is one backward over the meta-batch."""
+        up to round-off); 0 is one backward over the meta-batch; ``"auto"`` (default) is
+        :func:`~metabench.toolkit.inner_loop.resolve_chunk`'s per-path, per-device choice."""
         self.opt.zero_grad(set_to_none=True)
         losses = meta_backward(self.model, self.params, self.layout(batch.support_x), batch.support_y,
                                self.layout(batch.query_x), batch.query_y, self.train_loop, self.lrs, self.path,
@@ -92,7 +95,7 @@ class MAML(Algorithm):
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits ``[T, N*Q, ways]`` after ``test_inner_steps`` steps on each support set."""
         return predict_logits(self.model, self.params, self.layout(support_x), support_y, self.layout(query_x),
-                              ways, self.test_loop, self.path, self.name, self.lrs)
+                              ways, self.test_loop, self.predict_path, self.name, self.lrs)
 
     @torch.no_grad()
     def embed(self, x):

@@ -60,8 +60,12 @@ class Reptile(Algorithm):
             except ValueError as exc:
                 raise PluginError(f"{self.name}: {exc}") from None
         try:
+            # auto: the per-task loop for meta-training on CPU (grouped Adam steps hold 11x its memory),
+            # the episodes of an evaluation batch adapted together at test time
             self.path = resolve_path(str(o["path"]), ctx.device)
             check_path(self.model, self.path)
+            foldable = o["backbone"] == "conv4"
+            self.predict_path = resolve_path(str(o["path"]), ctx.device, foldable=foldable, phase="predict")
             self.train_loop = InnerLoop(int(o["inner_steps"]), float(o["inner_lr"]), True,
                                         optimizer=str(o["inner_optimizer"]), minibatches=True)
             self.test_loop = InnerLoop(int(o["test_inner_steps"]), float(o["inner_lr"]), True,
@@ -102,7 +106,8 @@ class Reptile(Algorithm):
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits after ``test_inner_steps`` Adam steps on minibatches of the support set."""
         xb, yb = minibatches(support_x, support_y, self.test_loop.steps, self.test_batch, self.test_gen)
-        return predict_logits(self.model, self.params, xb, yb, query_x, ways, self.test_loop, self.path, self.name)
+        return predict_logits(self.model, self.params, xb, yb, query_x, ways, self.test_loop, self.predict_path,
+                              self.name)
 
     @torch.no_grad()
     def embed(self, x):
