@@ -243,6 +243,10 @@ def test_an_outside_module_is_imported_only_in_a_sandbox(tmp_path, cache_dir, mo
     assert main(["run", str(suite), *args, "--plugins-dir", str(plug)]) == 1
     (rec,) = _records(results / "outside").values()
     assert rec["status"] == "failed" and "broke the seal" in rec["error"]   # its import, in the worker
+    board = tmp_path / "board"
+    assert main(["leaderboard", "--results", str(results), "--out", str(board), "--plugins-dir", str(plug),
+                 "--cache-dir", str(cache_dir), "--data-root", str(data_root)]) == 0
+    assert "import_vandal" in (board / "README.md").read_text()   # its failed run is listed, nothing is lost
     assert kept.read_bytes() == before_record and _tree_digest(data_root) == before_data
 
     # the same module imported here (what a plain discovery did) is a real vandal

@@ -17,9 +17,10 @@ def main(args: argparse.Namespace) -> int:
     records, errors = load_records(Path(args.results))
     for e in errors:
         print(f"metabench: warning: record left out: {e}", file=sys.stderr)
-    reg = registry(args)
-    stale = _stale_records(records, reg, Path(args.data_root or default_data_root()),
-                           Path(args.cache_dir or default_cache_dir()))
+    # outside plugins are imported in a sandbox only: their stand-ins carry the claims and code digests needed
+    data_root, cache_dir = Path(args.data_root or default_data_root()), Path(args.cache_dir or default_cache_dir())
+    reg = registry(args, confine=True, hide=(Path(args.results), data_root, cache_dir))
+    stale = _stale_records(records, reg, data_root, cache_dir)
     paths = write_leaderboard(records, Path(args.out), reg, stale)
     print(f"metabench: {len(records)} record(s) -> {', '.join(map(str, paths))}", file=sys.stderr)
     return 1 if errors and args.strict else 0
