@@ -377,7 +377,12 @@ def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, su
             _, logits = meta_batch_query(model, params, support_x, support_y, query_x, None, cfg, lrs, path)
         return logits.detach()
     with torch.enable_grad():
-        phi, _ = meta_batch_adapt(model, params, support_x, support_y, cfg, path, lrs)
+        if path == "grouped":
+            phi, _ = adapt_grouped(model, params, support_x, support_y, cfg, lrs)
+        else:
+            def fn(p, lr, xt, yt):
+                return adapt(model, p, xt, yt, cfg, lr)
+            phi = over_tasks(fn, (params, lrs), (support_x, support_y), path, second_order=False)
     with torch.no_grad():
         return query_forward(model, {k: v.detach() for k, v in phi.items()}, query_x, path)
 
@@ -403,15 +408,14 @@ def query_forward(model: nn.Module, phi: Params, query_x: torch.Tensor, path: st
 
 
 def meta_batch_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,
-                     path: str = "loop", lrs: Params | None = None) -> tuple[Params, torch.Tensor]:
-    """Adapted parameters of every task (each ``[T, *shape]``) and the last inner losses ``[T]`` (``lrs``:
-    per-parameter inner learning rates, as in :func:`adapt`)."""
+                     path: str = "loop") -> tuple[Params, torch.Tensor]:
+    """Adapted parameters of every task (each ``[T, *shape]``) and the last inner losses ``[T]``."""
     if path == "grouped":
-        return adapt_grouped(model, params, x, y, cfg, lrs)
+        return adapt_grouped(model, params, x, y, cfg)
 
-    def fn(p, lr, xt, yt):
-        return adapt(model, p, xt, yt, cfg, lr, with_loss=True)
-    return over_tasks(fn, (params, lrs), (x, y), path, not cfg.first_order)
+    def fn(p, xt, yt):
+        return adapt(model, p, xt, yt, cfg, None, with_loss=True)
+    return over_tasks(fn, (params,), (x, y), path, not cfg.first_order)
 
 
 def fit_head(params: Params, ways: int, who: str) -> Params:
