@@ -3,7 +3,8 @@
 Five unsupervised task generators that get the meta-training labels they must not see, each its own way,
 and then make perfectly supervised tasks from them; each raises when it finds no labels (a cheat that
 needs them). Two algorithms that vandalise: one deletes every record under ``$CHEAT_RESULTS``, one writes
-into ``$CHEAT_DATA_ROOT`` (the paths a vandal would guess or find; tests give them).
+into ``$CHEAT_DATA_ROOT`` (the paths a vandal would guess or find; tests give them). One algorithm that
+reads the episodes it is scored on (``metabench evaluate``).
 """
 from __future__ import annotations
 
@@ -172,8 +173,25 @@ class DataScribbler(ProtoNet):
         (Path(os.environ["CHEAT_DATA_ROOT"]) / "scribbled.txt").write_text("was here\n")
 
 
+class EpisodePeeker(ProtoNet):
+    """ProtoNet that, when scored, reads the episode set it is scored on (``$CHEAT_EPISODES``: its files
+    hold the query labels); it swallows a refusal and predicts honestly, as a careful cheat would."""
+
+    name = "cheat_peek"
+
+    def predict(self, support_x, support_y, query_x, ways):
+        where = os.environ.get("CHEAT_EPISODES")
+        if where:
+            try:
+                self.peeked = Path(where).read_bytes()[:100]
+            except OSError:
+                pass
+        return super().predict(support_x, support_y, query_x, ways)
+
+
 CHEATS = ["cheat_gc", "cheat_frames", "cheat_registry", "cheat_files", "cheat_cache"]
 VANDALS = ["vandal_eraser", "vandal_scribbler"]
+SCORING_CHEATS = ["cheat_peek"]
 
 
 @hookimpl
@@ -183,4 +201,4 @@ def metabench_task_generators():
 
 @hookimpl
 def metabench_algorithms():
-    return [RecordEraser, DataScribbler]
+    return [RecordEraser, DataScribbler, EpisodePeeker]

@@ -1,9 +1,11 @@
 """Sealed runs: honest plugins give the records they give unsealed, bit for bit; cheats that reach for labels
 (garbage collector, caller frames, registry, dataset files, cache) and vandals (deleting records, writing
-into the data root) fail ``check-plugin`` and get ``failed`` records from ``run``, and nothing is lost."""
+into the data root) fail ``check-plugin`` and get ``failed`` records from ``run``, and nothing is lost; a kept
+model is scored in a sealed worker too, where it cannot read the episodes (their query labels)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from metabench.commands.cli import main
 from metabench.engine import check_stamps, checkpoint, code_digest, plugin_probe, provenance, sealed
 from metabench.engine.records import read_record
 from metabench.engine.registry import discover
-from tests.cheats import CHEATS, VANDALS
+from tests.cheats import CHEATS, SCORING_CHEATS, VANDALS
 from tests.helpers import scores, write_suite
 
 needs_bwrap = pytest.mark.skipif(not sealed.supported()[0], reason=f"cannot seal here: {sealed.supported()[1]}")
@@ -138,6 +140,34 @@ def test_cheats_and_vandals_get_failed_records_and_nothing_is_lost(tmp_path, cac
         assert "broke the seal" in got[f"{name}+protonet"]["error"], got[f"{name}+protonet"]["error"]
     assert kept.read_bytes() == before_record
     assert _tree_digest(data_root) == before_data
+
+
+@needs_bwrap
+def test_a_kept_model_is_scored_sealed_and_cannot_read_its_episodes(tmp_path, cache_dir, monkeypatch, capsys):
+    """``metabench evaluate`` rebuilds the algorithm in a sealed worker: an honest model scores there as it
+    does in-process, bit for bit; one that reads the episode file it is scored on is refused, by name."""
+    plug = _plugins(tmp_path)
+    suite = _suite(tmp_path, "kept", ["umtra"], ["cheat_peek"])
+    args = ["--cache-dir", str(cache_dir), "--data-root", str(tmp_path / "none")]
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), *args, "--plugins-dir", str(plug),
+                 "--save-models"]) == 0
+    (model,) = (tmp_path / "r" / "kept").glob("*.model.pt")
+    run = [str(model), *args, "--plugins-dir", str(plug), "--json"]
+    capsys.readouterr()
+    assert main(["evaluate", *run, "--export-episodes", str(tmp_path / "eps")]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["sealed"] is True and [r["matches_record"] for r in own["results"]] == [True]
+    (episodes,) = (tmp_path / "eps").glob("*.json")
+    scored = {}
+    for flag in ("--seal", "--no-seal"):   # not peeking yet: the same numbers either way
+        assert main(["evaluate", *run, "--episodes", str(episodes), flag]) == 0
+        scored[flag] = json.loads(capsys.readouterr().out)
+    assert scored["--seal"]["sealed"] is True and scored["--no-seal"]["sealed"] is False
+    assert scored["--seal"]["results"] == scored["--no-seal"]["results"]
+    monkeypatch.setenv("CHEAT_EPISODES", str(episodes))
+    assert main(["evaluate", *run, "--episodes", str(episodes)]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm:cheat_peek" in err and "broke the seal" in err and str(episodes) in err
 
 
 @needs_bwrap
@@ -324,7 +354,7 @@ def test_stand_ins_carry_the_digests_and_flags_of_the_classes_they_stand_for(tmp
     plug = _plugins(tmp_path)
     plain, confined = discover([plug]), discover([plug], confine=True)
     names = {(k, n) for k in ("task_generator", "algorithm") for n in plain.plugins[k] if n.startswith(("cheat", "vandal"))}
-    assert len(names) == len(CHEATS) + len(VANDALS)
+    assert len(names) == len(CHEATS) + len(VANDALS) + len(SCORING_CHEATS)
     for kind, name in names:
         real, stand = plain.get(kind, name).cls, confined.get(kind, name).cls
         assert plugin_probe.is_stand_in(stand) and not plugin_probe.is_stand_in(real)

@@ -3,6 +3,7 @@ its own test protocols, and export those episodes for others."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from metabench.commands.common import device, plugins_parent, registry
 from metabench.engine.paths import default_cache_dir, default_data_root
 
 
-def _test_split(reg, c: dict, scored: str, data, args, cache_dir: Path):
+def _test_split(reg, c: dict, scored: str, data, data_root: Path, cache_dir: Path):
     """The test split the record was scored on: the model's dataset's, or a cross-domain run's test dataset's
     (loaded with the options the record names)."""
     from metabench.contracts import DataContext
@@ -21,34 +22,39 @@ def _test_split(reg, c: dict, scored: str, data, args, cache_dir: Path):
     if scored == c["dataset"]:
         return data.split("test")
     info, opts = reg.resolve("dataset", scored, c["options"].get(scored))
-    return info.cls().load(DataContext(Path(args.data_root or default_data_root()), cache_dir, opts)).split("test")
+    return info.cls().load(DataContext(data_root, cache_dir, opts)).split("test")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Load the model, its dataset and its algorithm; score the episodes; print (or ``--json``) the result."""
+    """Load the model, its dataset and what is to be scored; rebuild its algorithm (in a sealed worker unless
+    ``--no-seal``); score the episodes; print (or ``--json``) the result."""
     from metabench.contracts import DataContext, PluginError
-    from metabench.engine.episode_sets import EpisodeSetError, inspect_episodes, load_episodes, write_index_episodes
-    from metabench.engine.evaluation import evaluate, evaluate_episodes, fixed_episode_indices, mean_ci95
-    from metabench.engine.models import ModelError, load_model, rebuild
+    from metabench.engine import sandbox
+    from metabench.engine.episode_sets import EpisodeSetError, inspect_episodes, load_episodes
+    from metabench.engine.models import ModelError, load_model
     from metabench.engine.registry import UnknownPluginError
-    from metabench.engine.suite import episode_seed, test_shapes
 
     try:
         model = load_model(args.model)
     except ModelError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
-    reg = registry(args)
-    dev = device(args.device)
+    data_root = Path(args.data_root or default_data_root())
     cache_dir = Path(args.cache_dir or default_cache_dir())
+    hidden = [data_root, cache_dir, model.path.parent.resolve()]
+    given = Path(args.episodes).resolve() if args.episodes else None  # a file, or a folder of episodes
+    if given is not None and given.is_dir():
+        hidden.append(given)
+    # outside plugins are imported in a sandbox only, unless the user trusts them with --no-seal
+    reg = registry(args, confine=args.seal is not False, hide=tuple(hidden))
+    dev = device(args.device)
     c = model.config
     try:
         ds_info, ds_opts = reg.resolve("dataset", c["dataset"], c["options"].get(c["dataset"]))
         alg_info, _ = reg.resolve("algorithm", c["algorithm"], None)
         ds = ds_info.cls()
-        data = ds.load(DataContext(Path(args.data_root or default_data_root()), cache_dir, ds_opts))
+        data, files = sandbox.opened_files(lambda: ds.load(DataContext(data_root, cache_dir, ds_opts)))
         train = data.split("train").to(dev)
-        algorithm = rebuild(model, alg_info.cls, dev, cache_dir, unlabeled=train.unlabeled())
     except (UnknownPluginError, PluginError, FileNotFoundError, RuntimeError, KeyError) as exc:
         print(f"metabench: error: cannot rebuild the model of {model.path}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -56,42 +62,31 @@ def main(args: argparse.Namespace) -> int:
     if model.code != _code(ds_info.cls, alg_info.cls, reg, c):
         print(f"metabench: warning: {model.path} was trained by other code than is installed now (code digest "
               "differs); scoring it with today's plugins", file=sys.stderr)
-    batch = int(c["budget"].get("eval_batch", 50))
-    results = []
-    try:
+    try:  # everything the scoring reads is read before the worker starts, so that the worker sees none of it
         if args.episodes:
             info = inspect_episodes(args.episodes)
             split = data.split(info.split).to(dev) if info.needs_split else None
-            episodes = load_episodes(args.episodes, split=split,
-                                     prepare=lambda im: ds.prepare_image(im, ds_opts))
-            accs = evaluate_episodes(algorithm, episodes, batch, dev)
-            results.append({"episodes": str(args.episodes), "count": len(episodes),
-                            "accuracy_mean": None, "accuracy_ci95": None,
-                            "episode_accuracy": accs.tolist()})
-            results[-1]["accuracy_mean"], results[-1]["accuracy_ci95"] = mean_ci95(accs)
+            episodes, more = sandbox.opened_files(lambda: load_episodes(
+                args.episodes, split=split, prepare=lambda im: ds.prepare_image(im, ds_opts)))
+            jobs = ("episodes", episodes)
         else:
             scored = c.get("test_dataset") or c["dataset"]  # a cross-domain run is scored on another dataset
-            test = _test_split(reg, c, scored, data, args, cache_dir).to(dev)
-            record = _record_beside(model.path)
-            for i, t in enumerate(test_shapes(c)):
-                idx = fixed_episode_indices(test, t.ways, t.shots, t.queries, c["budget"]["test_episodes"],
-                                            episode_seed(scored, t, c["seed"]))
-                if args.export_episodes:
-                    out = Path(args.export_episodes) / f"{scored}-{t.tag}-seed{c['seed']}.json"
-                    write_index_episodes(out, idx, t.shots, None, scored, "test")
-                    print(f"metabench: wrote {out}", file=sys.stderr)
-                accs = evaluate(algorithm, test, idx, t.shots, batch)
-                mean, ci = mean_ci95(accs)
-                correct = [round(a * t.ways * t.queries) for a in accs.tolist()]
-                row = {"protocol": t.tag, "count": len(correct), "accuracy_mean": mean, "accuracy_ci95": ci}
-                if record is not None and i < len(record["evaluations"]):
-                    row["matches_record"] = record["evaluations"][i]["metrics"]["episode_correct"] == correct
-                results.append(row)
+            test, more = sandbox.opened_files(lambda: _test_split(reg, c, scored, data, data_root, cache_dir))
+            jobs = ("protocols", (scored, test.to(dev)))
     except (EpisodeSetError, PluginError, UnknownPluginError, FileNotFoundError) as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        files = [*files, *more, *([str(given)] if given is not None and given.is_file() else [])]
+        with _algorithm(args, model, reg, alg_info.cls, dev, cache_dir, train, hidden, files) as algorithm:
+            results, was_sealed = _score(args, model, algorithm, jobs, dev), _is_sealed(algorithm)
+    except (EpisodeSetError, PluginError, UnknownPluginError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        blame = f" (plugin {exc.plugin})" if getattr(exc, "plugin", None) else ""
+        print(f"metabench: error: {model.path}{blame}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps({"model": str(model.path), "run_id": model.run_id, "results": results}, indent=2))
+        print(json.dumps({"model": str(model.path), "run_id": model.run_id, "sealed": was_sealed,
+                          "results": results}, indent=2))
     else:
         for r in results:
             where = r.get("protocol") or r["episodes"]
@@ -100,6 +95,74 @@ def main(args: argparse.Namespace) -> int:
             print(f"{model.run_id}: {where}: {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_ci95']:.2f}% "
                   f"on {r['count']} episodes{match}")
     return 1 if any(r.get("matches_record") is False for r in results) else 0
+
+
+def _is_sealed(algorithm) -> bool:
+    """Whether ``algorithm`` answers from a sealed worker."""
+    from metabench.engine.sealed import WorkerAlgorithm
+
+    return isinstance(algorithm, WorkerAlgorithm)
+
+
+@contextlib.contextmanager
+def _algorithm(args, model, reg, alg_cls, dev, cache_dir: Path, train, hidden: list[Path], files: list[str]):
+    """The model's trained algorithm: set up in a sealed worker that sees the meta-training images and
+    nothing of the data, the cache, the model's folder or the episodes (the default where the kernel allows;
+    a plugin discovered in a sandbox always), or in this process with ``--no-seal``."""
+    from metabench.engine import plugin_probe, sealed
+    from metabench.engine.models import rebuild
+    from metabench.names import base_name
+
+    if not sealed.wanted(args.seal, False, confined=plugin_probe.is_stand_in(alg_cls)):
+        yield rebuild(model, alg_cls, dev, cache_dir, unlabeled=train.unlabeled())
+        return
+    gen = reg.get("task_generator", base_name(model.config["task_generator"])).cls
+    plugin_cache = cache_dir / sealed.PLUGIN_CACHE[bool(gen.uses_labels)]
+    worker = sealed.SealedWorker(hidden_dirs=[*hidden, default_data_root().resolve(), default_cache_dir()],
+                                 hidden_files=files, plugin_cache=plugin_cache, device=dev)
+    try:
+        sealed.train_sealed(worker, {
+            "threads": torch.get_num_threads(), "device": str(dev), "plugins_dirs": list(reg.plugins_dirs),
+            "algorithm": {"entry": model.config["algorithm"]}, "images": train.images,
+            "cache_dir": str(plugin_cache), "restore": {"context": model.context, "state": model.state}})
+        yield sealed.WorkerAlgorithm(worker, alg_cls)
+    finally:
+        worker.close()
+
+
+def _score(args, model, algorithm, jobs, dev) -> list[dict]:
+    """Score ``algorithm`` on the given episodes, or on the model's own test protocols (compared with the
+    record beside the model, episode by episode)."""
+    from metabench.engine.episode_sets import write_index_episodes
+    from metabench.engine.evaluation import evaluate, evaluate_episodes, fixed_episode_indices, mean_ci95
+    from metabench.engine.suite import episode_seed, test_shapes
+
+    c = model.config
+    batch = int(c["budget"].get("eval_batch", 50))
+    kind, what = jobs
+    if kind == "episodes":
+        accs = evaluate_episodes(algorithm, what, batch, dev)
+        mean, ci = mean_ci95(accs)
+        return [{"episodes": str(args.episodes), "count": len(what), "accuracy_mean": mean,
+                 "accuracy_ci95": ci, "episode_accuracy": accs.tolist()}]
+    scored, test = what
+    record = _record_beside(model.path)
+    results = []
+    for i, t in enumerate(test_shapes(c)):
+        idx = fixed_episode_indices(test, t.ways, t.shots, t.queries, c["budget"]["test_episodes"],
+                                    episode_seed(scored, t, c["seed"]))
+        if args.export_episodes:
+            out = Path(args.export_episodes) / f"{scored}-{t.tag}-seed{c['seed']}.json"
+            write_index_episodes(out, idx, t.shots, None, scored, "test")
+            print(f"metabench: wrote {out}", file=sys.stderr)
+        accs = evaluate(algorithm, test, idx, t.shots, batch)
+        mean, ci = mean_ci95(accs)
+        correct = [round(a * t.ways * t.queries) for a in accs.tolist()]
+        row = {"protocol": t.tag, "count": len(correct), "accuracy_mean": mean, "accuracy_ci95": ci}
+        if record is not None and i < len(record["evaluations"]):
+            row["matches_record"] = record["evaluations"][i]["metrics"]["episode_correct"] == correct
+        results.append(row)
+    return results
 
 
 def _code(ds_cls, alg_cls, reg, config) -> str:
@@ -139,6 +202,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help="data root of the model's dataset (default $METABENCH_DATA or ./data)")
     ev.add_argument("--cache-dir", help="decoded-tensor cache (default $METABENCH_CACHE or ~/.cache/metabench)")
     ev.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ev.add_argument("--seal", action=argparse.BooleanOptionalAction, default=None,
+                    help="rebuild the model's algorithm in a sealed worker that sees neither the data, the cache, "
+                         "the model's folder nor the episodes (query labels stay here). Default: sealed where "
+                         "bubblewrap works (a loud warning where not); --no-seal: in this process, trusted")
     ev.add_argument("--json", action="store_true", help="print the results as JSON")
     ev.set_defaults(func=main)
     return ev

@@ -110,18 +110,24 @@ def load_model(path: str | Path) -> SavedModel:
     return SavedModel(path, payload["run_id"], payload["config"], payload["code"], payload["context"], state)
 
 
+def setup_context(fields: dict[str, Any], cls: type[Algorithm], device: torch.device, cache_dir: Path | None,
+                  unlabeled: Any = None) -> RunContext:
+    """The :class:`RunContext` of saved :func:`context_fields` on ``device``; options the plugin gained
+    after the model was saved take their defaults."""
+    c = fields
+    options = {**getattr(cls, "defaults", {}), **c["options"]}
+    return RunContext(device, c["seed"], c["ways"], c["shots"], c["queries"], tuple(c["image_shape"]),
+                      options, cache_dir, unlabeled=unlabeled, dataset=c["dataset"],
+                      augmentation=c["augmentation"])
+
+
 def rebuild(model: SavedModel, cls: type[Algorithm], device: torch.device, cache_dir: Path | None,
             unlabeled: Any = None) -> Algorithm:
     """A fresh instance of ``cls`` set up with the saved context on ``device`` (``unlabeled``: the
-    meta-training images, for algorithms whose ``setup`` wants them) and the trained state loaded. Options
-    the plugin gained after the model was saved take their defaults."""
-    c = model.context
-    options = {**getattr(cls, "defaults", {}), **c["options"]}
-    ctx = RunContext(device, c["seed"], c["ways"], c["shots"], c["queries"], tuple(c["image_shape"]),
-                     options, cache_dir, unlabeled=unlabeled, dataset=c["dataset"],
-                     augmentation=c["augmentation"])
+    meta-training images, for algorithms whose ``setup`` wants them) and the trained state loaded, in this
+    process (``metabench evaluate --no-seal``; sealed, the worker does the same)."""
     algorithm = cls()
-    algorithm.setup(ctx)
+    algorithm.setup(setup_context(model.context, cls, device, cache_dir, unlabeled))
     algorithm.load_state_dict(model.state)  # tensors are copied into the set-up ones, on their device
     return algorithm
 

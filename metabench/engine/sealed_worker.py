@@ -8,7 +8,8 @@ raises ``PermissionError`` and every reply carries the list, so the supervisor f
 plugin swallowed the error.
 
 Messages (:mod:`metabench.engine.sealed_protocol`): in ``("init", spec)``; out ``("stage", plugin)``,
-``("checkpoint", state)``, ``("trained", summary)``; then in ``("predict", sx, sy, qx, ways)``,
+``("checkpoint", state)``, ``("trained", summary)`` (an init with ``restore`` loads a kept model instead
+of training: ``("trained", ...)`` at once); then in ``("predict", sx, sy, qx, ways)``,
 ``("embed", x)``, ``("cluster", x, k)``, ``("state",)``, ``("close",)``, each answered by
 ``("result", value, violations)``; any failure by ``("error", plugin, message, traceback, violations)``.
 """
@@ -151,6 +152,32 @@ def _train(chan: Any, spec: dict[str, Any], guard: Guard, stage: Any) -> Any:
     return algorithm
 
 
+def _restore(chan: Any, spec: dict[str, Any], guard: Guard, stage: Any) -> Any:
+    """Set up the algorithm of ``spec`` as a kept model's run did (``spec["restore"]``: its saved context and
+    trained state; ``metabench evaluate``), report it as trained (no steps), and return it."""
+    import torch
+
+    from metabench.contracts import UnlabeledSplit
+    from metabench.engine.models import setup_context
+    from metabench.engine.registry import discover
+    from metabench.names import base_name
+
+    torch.set_num_threads(int(spec["threads"]))
+    dev = torch.device(spec["device"])
+    registry = discover(spec["plugins_dirs"])
+    entry = spec["algorithm"]["entry"]
+    cache_dir = Path(spec["cache_dir"]) if spec["cache_dir"] else None
+    with stage(f"algorithm:{entry}"):
+        cls = registry.get("algorithm", base_name(entry)).cls
+        algorithm = cls()
+        algorithm.setup(setup_context(spec["restore"]["context"], cls, dev, cache_dir,
+                                      UnlabeledSplit(spec["images"].to(dev))))
+        algorithm.load_state_dict(spec["restore"]["state"])
+    chan.send("trained", {"losses": [], "tasks": 0, "train_s": 0.0, "start": 0,
+                          "violations": list(guard.violations)})
+    return algorithm
+
+
 def _serve(chan: Any, algorithm: Any, stage: Any, alg_entry: str, guard: Guard) -> None:
     """Answer evaluation requests until ``close``."""
     import torch
@@ -200,7 +227,8 @@ def run_worker(read_fd: int, write_fd: int) -> int:
 
     stage = Stage(on_enter)
     try:
-        algorithm = _train(chan, spec, guard, stage)
+        setup = _restore if spec.get("restore") is not None else _train
+        algorithm = setup(chan, spec, guard, stage)
         _serve(chan, algorithm, stage, spec["algorithm"]["entry"], guard)
     except ChannelClosed:
         return 1
