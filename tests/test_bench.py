@@ -77,3 +77,35 @@ def test_bench_option_reaches_the_algorithms_that_have_it(capsys):
     assert {r["algorithm"]: r["options"] for r in rows} == {"fomaml": {"first_order": False}, "protonet": {}}
     assert main(["bench", "--algorithms", "protonet", "--option", "no_such_option=1", *tiny]) == 2
     assert "no_such_option" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("metabench.engine.sandbox", fromlist=["x"]).available()[0],
+                    reason="bubblewrap cannot run here")
+def test_outside_algorithms_are_timed_in_a_sandbox(tmp_path, capsys, monkeypatch):
+    """A --plugins-dir algorithm is imported and timed only in a sandboxed child: an honest one gives its
+    rows (and the preset's file lands under --out here); a vandal that deletes records loses nothing."""
+    import shutil
+
+    plug = tmp_path / "plugins"
+    plug.mkdir()
+    shutil.copy(Path(__file__).with_name("cheats.py"), plug / "cheats.py")
+    (plug / "outside.py").write_text(
+        "from metabench import hookimpl\nfrom metabench_plugins.algorithms.maml import MAML\n\n\n"
+        "class Outside(MAML):\n    name = 'outside_maml'\n\n\n"
+        "@hookimpl\ndef metabench_algorithms():\n    return [Outside]\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "record.json").write_text("{}\n")
+    monkeypatch.setenv("CHEAT_RESULTS", str(results))
+    tiny = ["--ways", "2", "--queries", "1", "--meta-batch", "2", "--repeats", "1", "--warmup", "0", "--json",
+            "--option", "hidden=2", "--plugins-dir", str(plug)]
+    assert main(["bench", "--algorithms", "outside_maml", "--paths", "loop", *tiny]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["algorithm"], r["path"]) for r in rows} == {("outside_maml", "loop"), ("outside_maml", "auto")}
+    assert main(["bench", "--algorithms", "outside_maml", "--preset", "gpu", "--out", str(tmp_path / "gpu"),
+                 "--paths", "loop", *tiny]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert Path(report["file"]).parent == tmp_path / "gpu" and Path(report["file"]).is_file()
+    assert main(["bench", "--algorithms", "vandal_eraser", *tiny]) != 0
+    assert "sandboxed bench failed" in capsys.readouterr().err
+    assert (results / "record.json").read_text() == "{}\n"

@@ -86,14 +86,16 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def resolve_algorithms(algorithms: Sequence[str | type[Algorithm]] | None) -> list[type[Algorithm]]:
-    """Algorithm classes for names (looked up in one plugin discovery) or classes (kept); ``None``: every
-    installed algorithm with execution paths (an option ``path``: the gradient-based learners)."""
+def resolve_algorithms(algorithms: Sequence[str | type[Algorithm]] | None,
+                       registry: Any = None) -> list[type[Algorithm]]:
+    """Algorithm classes for names (looked up in ``registry``, default one plugin discovery) or classes
+    (kept); ``None``: every installed algorithm with execution paths (an option ``path``: the gradient-based
+    learners)."""
     if algorithms is not None and all(isinstance(a, type) for a in algorithms):
         return list(algorithms)
     from metabench.engine.registry import discover
 
-    reg = discover()
+    reg = registry if registry is not None else discover()
     if algorithms is None:
         return [p.cls for p in reg.all() if p.kind == "algorithm" and "path" in p.cls.defaults]
     return [a if isinstance(a, type) else reg.get("algorithm", a).cls for a in algorithms]
@@ -254,15 +256,16 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
 def time_generators(generators: Sequence[str], dataset: str, device: torch.device | str, ways: int = 5,
                     shots: int = 1, queries: int = 15, meta_batch: int = 32, repeats: int = 20,
                     warmup: int = 3, data_root: Path | None = None, cache_dir: Path | None = None,
-                    options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per task generator (``name`` or ``name@variant`` with ``options``): the time to set it up on
-    ``dataset``'s train split (CACTUs partitions come from the cache when they were built before) and the
-    median milliseconds to generate one meta-batch of ``meta_batch`` tasks, synchronised on GPU."""
+                    options: dict[str, dict[str, Any]] | None = None, registry: Any = None) -> list[dict[str, Any]]:
+    """One row per task generator (``name`` or ``name@variant`` with ``options``, looked up in ``registry``,
+    default one plugin discovery): the time to set it up on ``dataset``'s train split (CACTUs partitions come
+    from the cache when they were built before) and the median milliseconds to generate one meta-batch of
+    ``meta_batch`` tasks, synchronised on GPU."""
     from metabench.contracts import DataContext
     from metabench.engine.paths import default_cache_dir, default_data_root
     from metabench.engine.registry import discover
 
-    device, reg = torch.device(device), discover()
+    device, reg = torch.device(device), registry if registry is not None else discover()
     cache_dir = Path(cache_dir or default_cache_dir())
     ds_cls = reg.get("dataset", dataset).cls
     data = ds_cls().load(DataContext(Path(data_root or default_data_root()), cache_dir))
