@@ -55,6 +55,23 @@ def test_leaderboard_aggregates_seeds_and_orders_by_accuracy():
     assert five[five.algorithm == "maml"].iloc[0].accuracy_ci95 == pytest.approx(0.01)
 
 
+def test_a_seed_run_before_an_option_existed_shares_the_row_of_its_default():
+    """A record made before its plugin gained an option counts at the option's default: seeds made before
+    and after share one row; a seed run with another value of the option stays apart."""
+    from metabench.engine.registry import discover
+    from metabench.report.summary import plugin_defaults
+
+    defaults = plugin_defaults(discover())
+    old, new, other = (make_record(f"r{i}", "protonet", i, acc) for i, acc in enumerate((0.90, 0.92, 0.80)))
+    old["config"]["options"] = {"protonet": {"hidden": 64}}
+    new["config"]["options"] = {"protonet": {**defaults["protonet"], "hidden": 64}}
+    other["config"]["options"] = {"protonet": {**defaults["protonet"], "hidden": 64,
+                                               "backbone": "resnet12"}}
+    assert defaults["protonet"]["backbone"] == "conv4"
+    assert sorted(summarize([old, new, other], defaults=defaults).seeds) == [1, 2]
+    assert sorted(summarize([old, new, other]).seeds) == [1, 1, 1]   # without the defaults: three configs
+
+
 def test_leaderboard_is_byte_identical_and_survives_a_corruptmake_record(tmp_path, capsys):
     res = tmp_path / "results" / "s"
     for i, acc in enumerate([0.81, 0.83, 0.9]):

@@ -10,7 +10,7 @@ from metabench.engine.records import views
 from metabench.report.html import plotly_script, render_html
 from metabench.report.markdown import render_markdown
 from metabench.report.reproduction import render_reproduction, resolve_claims
-from metabench.report.summary import summarize
+from metabench.report.summary import plugin_defaults, summarize
 
 
 def write_leaderboard(records: list[dict[str, Any]], out_dir: Path, registry: Any = None,
@@ -18,11 +18,18 @@ def write_leaderboard(records: list[dict[str, Any]], out_dir: Path, registry: An
     """Write ``README.md``, ``leaderboard.csv``, ``index.html`` (the same tables with plots; plotly.js from
     the vendored ``plotly-<version>.min.js`` beside it, written only when absent or different) and
     ``REPRODUCTION.md`` (the plugins' published numbers beside ours; ``registry`` gives the plugins, None
-    discovers the installed ones) into ``out_dir``; returns the paths written. ``stale``: the run ids of
+    discovers the installed ones; their option defaults fill options that old records lack, see
+    :func:`~metabench.report.summary.summarize`) into ``out_dir``; returns the paths written. ``stale``: the run ids of
     records judged stale against today's code and data, marked so (:mod:`metabench.report.marks`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = views(sorted(records, key=lambda r: r["run_id"]))
-    df = summarize(records, stale)
+    if registry is None or isinstance(registry, list):
+        from metabench.engine.registry import discover
+
+        plugins = discover()
+    else:
+        plugins = registry
+    df = summarize(records, stale, plugin_defaults(plugins))
     failed = [r for r in records if r["status"] == "failed"]
     md_path, csv_path = out_dir / "README.md", out_dir / "leaderboard.csv"
     md_path.write_text(render_markdown(df, failed, len(records)), encoding="utf-8")

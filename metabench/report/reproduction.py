@@ -12,7 +12,7 @@ import pandas as pd
 
 from metabench.claims import Claim
 from metabench.engine.registry import Registry, discover
-from metabench.report.summary import summarize
+from metabench.report.summary import plugin_defaults, summarize
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,7 @@ def write_reproduction(records: list[dict[str, Any]], registry: Registry | list[
     returns ``path``."""
     records = sorted(records, key=lambda r: r["run_id"])
     path = Path(path)
-    path.write_text(render_reproduction(summarize(records), resolve_claims(registry), len(records)),
+    defaults = plugin_defaults(registry if registry is not None and not isinstance(registry, list) else discover())
+    path.write_text(render_reproduction(summarize(records, defaults=defaults), resolve_claims(registry), len(records)),
                     encoding="utf-8")
     return path

@@ -13,6 +13,7 @@ import pandas as pd
 from scipy import stats
 
 from metabench.engine.records import views
+from metabench.names import base_name
 from metabench.report.marks import join_marks, record_marks
 
 CLUSTER_METRICS = ("nmi", "ari", "cluster_acc", "own_nmi", "own_ari", "own_cluster_acc")
@@ -23,9 +24,22 @@ COLUMNS = ["dataset", "ways", "shots", "queries", "suite", "algorithm", "task_ge
            "marks"]
 
 
-def _config_hash(config: dict[str, Any]) -> str:
-    """Hash of a run's config without its seed: runs that differ only by seed share it."""
+def plugin_defaults(registry: Any) -> dict[str, dict[str, Any]]:
+    """Each plugin's option defaults by name (a name two kinds share is left out), from a registry."""
+    seen: dict[str, list[dict[str, Any]]] = {}
+    for info in registry.all():
+        seen.setdefault(info.name, []).append(dict(getattr(info.cls, "defaults", {}) or {}))
+    return {name: d[0] for name, d in seen.items() if len(d) == 1}
+
+
+def _config_hash(config: dict[str, Any], defaults: dict[str, dict[str, Any]] | None = None) -> str:
+    """Hash of a run's config without its seed: runs that differ only by seed share it. With ``defaults``
+    (:func:`plugin_defaults`), an option a plugin gained after a record was made counts at its default in that
+    record (as a kept model is rebuilt), so seeds run before and after the option appeared share a row."""
     rest = {k: v for k, v in config.items() if k != "seed"}
+    if defaults:
+        rest["options"] = {entry: ({**defaults.get(base_name(entry), {}), **opts} if isinstance(opts, dict)
+                                   else opts) for entry, opts in (rest.get("options") or {}).items()}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -38,10 +52,12 @@ def _ci_over_seeds(means: list[float], cis: list[float]) -> float:
     return float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
 
 
-def summarize(records: list[dict[str, Any]], stale: Collection[str] = ()) -> pd.DataFrame:
+def summarize(records: list[dict[str, Any]], stale: Collection[str] = (),
+              defaults: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per (dataset, protocol, suite, algorithm, task generator, config), aggregated over seeds (a
     cross-domain run's dataset reads ``train -> test``, its own tables);
-    ``marks`` (:mod:`metabench.report.marks`) from the records and ``stale``, the run ids judged stale."""
+    ``marks`` (:mod:`metabench.report.marks`) from the records and ``stale``, the run ids judged stale;
+    ``defaults``: the plugins' option defaults, filled into records made before an option existed."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in views(records):
         if r["status"] != "ok":
@@ -49,7 +65,7 @@ def summarize(records: list[dict[str, Any]], stale: Collection[str] = ()) -> pd.
         c = r["config"]
         dataset = f"{c['dataset']} -> {c['test_dataset']}" if c.get("test_dataset") else c["dataset"]
         key = (dataset, c["ways"], c["shots"], c["queries"], c["suite"], c["algorithm"],
-               c["task_generator"], _config_hash(c))
+               c["task_generator"], _config_hash(c, defaults))
         groups.setdefault(key, []).append(r)
     rows = []
     for key, recs in groups.items():
