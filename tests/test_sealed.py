@@ -157,6 +157,10 @@ def test_a_kept_model_is_scored_sealed_and_cannot_read_its_episodes(tmp_path, ca
     assert main(["evaluate", *run, "--export-episodes", str(tmp_path / "eps")]) == 0
     own = json.loads(capsys.readouterr().out)
     assert own["sealed"] is True and [r["matches_record"] for r in own["results"]] == [True]
+    with monkeypatch.context() as m:   # the working folder holds the model: its files are hidden, not the folder
+        m.chdir(model.parent)
+        assert main(["evaluate", *run]) == 0
+        assert [r["matches_record"] for r in json.loads(capsys.readouterr().out)["results"]] == [True]
     (episodes,) = (tmp_path / "eps").glob("*.json")
     scored = {}
     for flag in ("--seal", "--no-seal"):   # not peeking yet: the same numbers either way

@@ -41,10 +41,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     data_root = Path(args.data_root or default_data_root())
     cache_dir = Path(args.cache_dir or default_cache_dir())
-    hidden = [data_root, cache_dir, model.path.parent.resolve()]
+    hidden, hidden_files = [data_root, cache_dir], []
+    folder = model.path.parent.resolve()   # the records: hidden, or only the model's own files where it
+    if _holds_code(folder):                # holds metabench's code or the working folder (a worker needs them)
+        hidden_files += [str(model.path.resolve()), str(_record_path(model.path).resolve())]
+    else:
+        hidden.append(folder)
     given = Path(args.episodes).resolve() if args.episodes else None  # a file, or a folder of episodes
-    if given is not None and given.is_dir():
-        hidden.append(given)
+    if given is not None:
+        (hidden if given.is_dir() and not _holds_code(given) else hidden_files).append(given)
     # outside plugins are imported in a sandbox only, unless the user trusts them with --no-seal
     reg = registry(args, confine=args.seal is not False, hide=tuple(hidden))
     dev = device(args.device)
@@ -77,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
     try:
-        files = [*files, *more, *([str(given)] if given is not None and given.is_file() else [])]
+        files = [*files, *more, *map(str, hidden_files)]
         with _algorithm(args, model, reg, alg_info.cls, dev, cache_dir, train, hidden, files) as algorithm:
             results, was_sealed = _score(args, model, algorithm, jobs, dev), _is_sealed(algorithm)
     except (EpisodeSetError, PluginError, UnknownPluginError, FileNotFoundError, RuntimeError, KeyError) as exc:
@@ -177,11 +182,24 @@ def _code(ds_cls, alg_cls, reg, config) -> str:
     return code_fingerprint(ds_cls, gen_cls, alg_cls)
 
 
+def _holds_code(folder: Path) -> bool:
+    """Whether ``folder`` holds metabench's own code or the working folder (it cannot be hidden from a worker)."""
+    import metabench
+
+    core = Path(metabench.__file__).resolve().parent
+    return core.is_relative_to(folder) or Path.cwd().resolve().is_relative_to(folder)
+
+
+def _record_path(model_file: Path) -> Path:
+    """Where the record of a model's run lies: beside the model."""
+    return model_file.with_name(model_file.name.removesuffix(".model.pt") + ".json")
+
+
 def _record_beside(model_file: Path):
     """The valid record of the model's run in the model's folder, if there is one."""
     from metabench.engine.records import RecordError, read_record
 
-    path = model_file.with_name(model_file.name.removesuffix(".model.pt") + ".json")
+    path = _record_path(model_file)
     try:
         return read_record(path) if path.exists() else None
     except RecordError:
