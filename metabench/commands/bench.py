@@ -156,29 +156,22 @@ def _in_sandbox(args: argparse.Namespace, generators: bool) -> int:
     """Run this bench in a bubblewrap child (:mod:`metabench.engine.sandbox`): the file system read-only but
     for a scratch folder (and the cache, when generators are timed on a dataset), results hidden, no network;
     the child imports and times the plugins, this process prints its rows and writes the preset's file."""
-    import os
     import shutil
     import subprocess
-    import tempfile
 
     from metabench.engine import sandbox
     from metabench.engine.paths import default_cache_dir
 
-    with tempfile.TemporaryDirectory(prefix="metabench-bench-") as scratch:
-        work = Path(scratch) / "work"
-        work.mkdir()
-        empty = Path(scratch) / ".hidden"
-        empty.write_bytes(b"")
-        writable = [work]
+    with sandbox.Scratch("metabench-bench-") as scratch:
+        writable = []
         if generators:
             cache = Path(args.cache_dir or default_cache_dir())
             cache.mkdir(parents=True, exist_ok=True)
             writable.append(cache)
-        argv = [sys.executable, "-m", "metabench.commands.cli", *_child_argv(args, work / "out")]
-        cmd = sandbox.command(argv, hidden_dirs=_hidden(args, generators), hidden_files=[], writable=writable,
-                              empty_file=empty, cwd=os.getcwd(),
+        argv = [sys.executable, "-m", "metabench.commands.cli", *_child_argv(args, scratch.work / "out")]
+        cmd = scratch.command(argv, hidden_dirs=_hidden(args, generators), writable=writable,
                               device_nodes=args.device == "cuda" or (args.preset == "gpu" and args.device is None))
-        env = {**os.environ, "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = scratch.env()
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
         if done.returncode != 0:
             print(f"metabench: error: the sandboxed bench failed (exit code {done.returncode}); see above",

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +136,12 @@ def probe(sources: list[dict[str, str]], hidden_dirs: list[str | Path]) -> list[
     "failures": [[source, error], ...]}``."""
     from metabench.engine import sandbox
 
-    with tempfile.TemporaryDirectory(prefix="metabench-probe-") as scratch:
-        work = Path(scratch) / "work"
-        work.mkdir()
-        empty = Path(scratch) / ".hidden"
-        empty.write_bytes(b"")
+    with sandbox.Scratch("metabench-probe-") as scratch:
+        work = scratch.work
         (work / "sources.json").write_text(json.dumps(sources))
         argv = [sys.executable, "-m", "metabench.engine.plugin_probe_child", str(work)]
-        cmd = sandbox.command(argv, hidden_dirs=hidden_dirs, hidden_files=[], writable=[str(work)],
-                              empty_file=empty, cwd=os.getcwd())
-        env = {**os.environ, "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = scratch.command(argv, hidden_dirs=hidden_dirs)
+        env = scratch.env()
         try:
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env,
                                   timeout=_TIMEOUT_S)

@@ -9,7 +9,8 @@ its parent. Landlock would give path rules too, but only read/write restrictions
 network or PID isolation) and only through a third-party binding.
 
 :func:`available` probes once whether ``bwrap`` can run here (a container may forbid user namespaces);
-:func:`command` builds the ``bwrap`` argv; :func:`opened_files` records the data files a dataset plugin
+:func:`command` builds the ``bwrap`` argv; :class:`Scratch` is the scratch folder, argv and environment of
+one sandboxed child (a probe, a sealed worker, a sandboxed bench); :func:`opened_files` records the data files a dataset plugin
 opens while it loads (e.g. a bundled dataset inside an installed package), so that they are hidden too.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -78,6 +80,41 @@ def command(argv: Sequence[str], *, hidden_dirs: Iterable[str | Path], hidden_fi
     for d in dirs:  # after the writable binds, whose mount points may lie inside a hidden folder
         cmd += ["--remount-ro", d]
     return cmd + ["--chdir", str(cwd), "--", *argv]
+
+
+class Scratch:
+    """The scratch of one sandboxed child: a temporary folder holding ``work`` (writable inside the sandbox,
+    the child's ``TMPDIR``) and the empty file that stands in for hidden files. Removed by :meth:`cleanup`
+    (or on leaving a ``with`` block)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        self.work = Path(self._tmp.name) / "work"
+        self.work.mkdir()
+        self._empty = Path(self._tmp.name) / ".hidden"
+        self._empty.write_bytes(b"")
+
+    def command(self, argv: Sequence[str], *, hidden_dirs: Iterable[str | Path],
+                hidden_files: Iterable[str | Path] = (), writable: Iterable[str | Path] = (),
+                device_nodes: bool = False) -> list[str]:
+        """:func:`command` for ``argv`` run from the current folder, ``work`` writable besides ``writable``."""
+        return command(argv, hidden_dirs=hidden_dirs, hidden_files=hidden_files,
+                       writable=[self.work, *writable], empty_file=self._empty, cwd=os.getcwd(),
+                       device_nodes=device_nodes)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The child's environment: this one's, temporary files in ``work``, no bytecode written."""
+        return {**os.environ, "TMPDIR": str(self.work), "PYTHONDONTWRITEBYTECODE": "1", **extra}
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder."""
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
 
 class _OpenedFiles:

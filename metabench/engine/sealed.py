@@ -13,7 +13,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,21 +87,18 @@ class SealedWorker:
 
     def __init__(self, *, hidden_dirs: list[Path], hidden_files: list[str], plugin_cache: Path,
                  device: torch.device) -> None:
-        self.scratch = tempfile.TemporaryDirectory(prefix="metabench-sealed-")
-        empty = Path(self.scratch.name) / ".hidden"
-        empty.write_bytes(b"")
-        work = Path(self.scratch.name) / "work"
-        work.mkdir()
+        self.scratch = sandbox.Scratch("metabench-sealed-")
+        work = self.scratch.work
         plugin_cache.mkdir(parents=True, exist_ok=True)
         self.writable = [str(work), str(plugin_cache)]
         self.hidden = [os.path.realpath(p) for p in [*hidden_dirs, *hidden_files]]
         to_worker, self_w = os.pipe()
         self_r, from_worker = os.pipe()
         argv = [sys.executable, "-m", "metabench.engine.sealed_worker", str(to_worker), str(from_worker)]
-        cmd = sandbox.command(argv, hidden_dirs=hidden_dirs, hidden_files=hidden_files, writable=self.writable,
-                              empty_file=empty, cwd=os.getcwd(), device_nodes=device.type == "cuda")
-        env = {**os.environ, "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1",
-               "TORCHINDUCTOR_CACHE_DIR": str(work / "torchinductor"), "TRITON_CACHE_DIR": str(work / "triton")}
+        cmd = self.scratch.command(argv, hidden_dirs=hidden_dirs, hidden_files=hidden_files,
+                                   writable=[plugin_cache], device_nodes=device.type == "cuda")
+        env = self.scratch.env(TORCHINDUCTOR_CACHE_DIR=str(work / "torchinductor"),
+                               TRITON_CACHE_DIR=str(work / "triton"))
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=(to_worker, from_worker), stdin=subprocess.DEVNULL,
                                          stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
