@@ -10,9 +10,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+if TYPE_CHECKING:  # only for annotations: PIL comes with torchvision
+    import PIL.Image
 
 KINDS = ("dataset", "task_generator", "algorithm")
 
@@ -224,7 +227,7 @@ class Dataset(_Plugin, ABC):
     def load(self, ctx: DataContext) -> ImageSet:
         """Decode (or read from ``ctx.cache_dir``) and return the whole dataset."""
 
-    def prepare_image(self, image: "PIL.Image.Image", options: dict[str, Any]) -> torch.Tensor:
+    def prepare_image(self, image: PIL.Image.Image, options: dict[str, Any]) -> torch.Tensor:
         """Optional: one external image (e.g. a file of an episode to score a trained model on) -> uint8
         ``[C, H, W]``, prepared exactly as :meth:`load` prepares the dataset's own images (same decoding,
         resizing, inversion, channel layout), under the resolved ``options``. The default raises

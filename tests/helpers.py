@@ -5,7 +5,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from metabench.engine.records import SCHEMA_VERSION, migrate, read_record
+from metabench.engine.records import migrate, read_record
 
 
 def write_suite(path: Path, body: str) -> Path:

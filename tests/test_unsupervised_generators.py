@@ -323,7 +323,6 @@ def test_rotation_flips_shuffle_and_limits(digits):
     r = make(Rotation, digits, ways=8, shots=1, queries=1, shared_images=False)
     b = r.sample(8, gen(0)).check("rotation", 8, 8, 1, 1, (1, 8, 8))
     q = b.query_x.view(8, 8, 1, 8, 8)
-    s = b.support_x.view(8, 8, 1, 8, 8)
     assert not torch.equal(q[:, 5], torch.rot90(q[:, 0], 1, dims=(-2, -1)))  # distinct images per class
     unflip = torch.rot90(q[:, 5], -1, dims=(-2, -1)).flip(-1)                 # class 5 = flip then rot90
     assert torch.all(found_in(unflip.flatten(1), to_float(digits).flatten(1)))
