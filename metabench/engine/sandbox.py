@@ -10,8 +10,9 @@ network or PID isolation) and only through a third-party binding.
 
 :func:`available` probes once whether ``bwrap`` can run here (a container may forbid user namespaces);
 :func:`command` builds the ``bwrap`` argv; :class:`Scratch` is the scratch folder, argv and environment of
-one sandboxed child (a probe, a sealed worker, a sandboxed bench); :func:`opened_files` records the data files a dataset plugin
-opens while it loads (e.g. a bundled dataset inside an installed package), so that they are hidden too.
+one sandboxed child (a probe, a sealed worker, a sandboxed bench); :func:`opened_files` records the data
+files a dataset plugin opens while it loads (e.g. a bundled dataset inside an installed package), so that
+they are hidden too.
 """
 from __future__ import annotations
 
