@@ -157,3 +157,12 @@ def test_short_training_on_digits_is_finite_and_reproducible():
     again = run()
     assert again[0] == losses and torch.equal(again[1], logits) and torch.equal(again[2], ids)
     assert torch.equal(again[3], feats)
+
+
+def test_the_sealed_check_dataset_holds_a_default_meta_gmvae_set():
+    """check-plugin's secret dataset must be large enough for Meta-GMVAE's default unlabeled sets, or the
+    sealed isolation check of an honest plugin fails for want of images."""
+    from metabench.checks.sealed_check import secret_dataset
+
+    data = secret_dataset("digits", (1, 8, 8))
+    assert data.splits["train"].numel() >= MetaGMVAE.defaults["images_per_task"]

@@ -27,7 +27,8 @@ from metabench.engine.runner import Settings, SuiteRunner
 from metabench.engine.suite import parse_suite
 from metabench.execution.executors import LocalExecutor, run_suite
 
-CLASSES, PER_CLASS, TRAIN_PER_CLASS = 12, 24, 16
+# 288 training images: enough for the learners that sample large unlabeled sets (Meta-GMVAE's sets of 200)
+CLASSES, PER_CLASS, TRAIN_PER_CLASS = 12, 32, 24
 
 
 def secret_dataset(name: str, image_shape: tuple[int, int, int]) -> ImageSet:
