@@ -9,7 +9,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one torch thread per pytest-xdist worker (the README's test command runs one worker per core), else two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def _real_data_root() -> Path | None:

@@ -1,5 +1,6 @@
 """Unsupervised runs never see labels: permuting the meta-training labels leaves their records
-bit-identical, while the supervised oracle's change."""
+bit-identical, while the supervised oracle's change. Run unsealed (``--no-seal``), where the labels lie in
+the same process: the plugins themselves must not use them (a sealed worker never holds them at all)."""
 from __future__ import annotations
 
 import torch
@@ -68,7 +69,7 @@ SUITE = """
 def _run(tmp_path, cache_dir, name):
     suite = write_suite(tmp_path / f"{name}.toml", SUITE.format(name=name))
     out = tmp_path / "results"
-    assert main(["run", str(suite), "--results", str(out), "--cache-dir", str(cache_dir)]) == 0
+    assert main(["run", str(suite), "--results", str(out), "--cache-dir", str(cache_dir), "--no-seal"]) == 0
     recs = [read_record(p) for p in sorted((out / name).glob("*.json"))]
     return {(r["config"]["task_generator"], r["config"]["algorithm"]): scores(r) for r in recs}
 

@@ -588,7 +588,9 @@ def test_maml_inner_loop_runs_through_a_resnet12():
         assert torch.isfinite(losses).all()
         grads[path] = torch.cat([p.grad.flatten() for p in params.values()])
     assert grads["loop"].abs().sum() > 0
-    assert torch.allclose(grads["loop"], grads["batched"], rtol=1e-9, atol=1e-12)
+    # float64 round-off through ResNet-12's second order reaches ~3e-12 on entries of ~1e-3 (one torch thread),
+    # against gradients of up to ~20; the batching bug this guards against is off by percents
+    assert torch.allclose(grads["loop"], grads["batched"], rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["protonet", "ssl_protonet", "maml", "fomaml", "metasgd", "anil", "reptile"])

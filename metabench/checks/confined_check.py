@@ -27,6 +27,7 @@ from metabench.contracts import ImageSet
 def _main(work: Path) -> int:
     """In the sandbox: the unconfined battery (no stamp), results and in-reach numbers to ``out.json``."""
     args = json.loads((work / "args.json").read_text())
+    torch.set_num_threads(int(args["threads"]))  # the supervisor's: its sealed run's numbers must match ours
     in_reach = None
     if args["suite"] is not None:
         s = torch.load(work / "secret.pt", weights_only=True)

@@ -28,7 +28,6 @@ import inspect
 import io
 import json
 import math
-import os
 import pickle
 import subprocess
 import sys
@@ -644,25 +643,24 @@ def _check_confined(info: PluginInfo, registry: Registry, options: dict[str, Any
 def _confined_child(info: PluginInfo, options: dict[str, Any], plugins_dirs: list[Path], isolated: bool,
            hidden: list[Path], secret: tuple[ImageSet, dict[str, Any]] | None
            ) -> tuple[list[CheckResult], list[Any] | None]:
-    """Run the unconfined battery in a sandboxed child; its results and in-reach numbers (None: none)."""
-    with tempfile.TemporaryDirectory(prefix="metabench-confined-check-") as scratch:
-        work = Path(scratch) / "work"
-        (work / "cache").mkdir(parents=True)
-        empty = Path(scratch) / ".hidden"
-        empty.write_bytes(b"")
+    """Run the unconfined battery in a sandboxed child; its results and in-reach numbers (None: none). The
+    child uses this process's torch threads: CPU reductions depend on them, and its in-reach numbers must
+    match the sealed run's bit for bit."""
+    with sandbox.Scratch("metabench-confined-check-") as scratch:
+        work = scratch.work
+        (work / "cache").mkdir()
         args = {"name": info.name, "kind": info.kind, "options": options, "isolated": isolated,
                 "plugins_dirs": [str(d) for d in plugins_dirs], "data_root": str(hidden[0]),
-                "suite": secret[1] if secret else None}
+                "suite": secret[1] if secret else None, "threads": torch.get_num_threads()}
         (work / "args.json").write_text(json.dumps(args))
         if secret is not None:
             d = secret[0]
             torch.save({"name": d.name, "images": d.images, "labels": d.labels, "train": d.splits["train"],
                         "test": d.splits["test"]}, work / "secret.pt")
-        cmd = sandbox.command([sys.executable, "-m", "metabench.checks.confined_check", str(work)],
+        cmd = scratch.command([sys.executable, "-m", "metabench.checks.confined_check", str(work)],
                               hidden_dirs=[*hidden, default_data_root(), default_cache_dir(),
-                                           Path("results").resolve()],
-                              hidden_files=[], writable=[str(work)], empty_file=empty, cwd=os.getcwd())
-        env = {**os.environ, "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+                                           Path("results").resolve()])
+        env = scratch.env()
         try:
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=_CONFINED_TIMEOUT_S)
         except subprocess.TimeoutExpired:
