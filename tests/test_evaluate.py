@@ -160,3 +160,31 @@ def test_a_model_saved_before_its_plugin_gained_an_option_rebuilds_with_the_defa
     model.context["options"] = {k: v for k, v in model.context["options"].items() if k != "lr_decay_every"}
     algorithm = rebuild(model, ProtoNet, torch.device("cpu"), None)
     assert algorithm.sched.step_size == ProtoNet.defaults["lr_decay_every"]
+
+
+def test_evaluate_scores_with_the_thread_count_of_the_record_unless_told(kept, tmp_path, monkeypatch, capsys):
+    """CPU reductions depend on torch's thread count: scoring uses the count the run's record names (so a
+    machine with other cores still reproduces it), ``--threads`` overrides it, and the count is restored."""
+    import shutil
+
+    from metabench.commands import evaluate as ev
+
+    folder, env = kept
+    model = sorted(folder.glob("*protonet*.model.pt"))[0]
+    record_file = model.with_name(model.name.removesuffix(".model.pt") + ".json")
+    here = tmp_path / "copy"
+    here.mkdir()
+    shutil.copy(model, here / model.name)
+    record = json.loads(record_file.read_text())
+    before = torch.get_num_threads()
+    record["environment"]["threads"] = before + 2
+    (here / record_file.name).write_text(json.dumps(record))
+    seen = []
+    score = ev._score
+    monkeypatch.setattr(ev, "_score", lambda *a: seen.append(torch.get_num_threads()) or score(*a))
+    # exit 1 if the other thread count changed a score (tiny ProtoNets often come out the same)
+    assert main(["evaluate", str(here / model.name), *env, "--no-seal"]) in (0, 1)
+    assert f"scoring with {before + 2} torch threads" in capsys.readouterr().err
+    assert main(["evaluate", str(here / model.name), *env, "--no-seal", "--threads", str(before)]) == 0
+    assert main(["evaluate", str(model), *env, "--no-seal"]) == 0
+    assert seen == [before + 2, before, before] and torch.get_num_threads() == before

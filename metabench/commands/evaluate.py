@@ -83,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         files = [*files, *more, *map(str, hidden_files)]
-        with _algorithm(args, model, reg, alg_info.cls, dev, cache_dir, train, hidden, files) as algorithm:
+        with _threads(args, model.path), \
+                _algorithm(args, model, reg, alg_info.cls, dev, cache_dir, train, hidden, files) as algorithm:
             results, was_sealed = _score(args, model, algorithm, jobs, dev), _is_sealed(algorithm)
     except (EpisodeSetError, PluginError, UnknownPluginError, FileNotFoundError, RuntimeError, KeyError) as exc:
         blame = f" (plugin {exc.plugin})" if getattr(exc, "plugin", None) else ""
@@ -107,6 +108,24 @@ def _is_sealed(algorithm) -> bool:
     from metabench.engine.sealed import WorkerAlgorithm
 
     return isinstance(algorithm, WorkerAlgorithm)
+
+
+@contextlib.contextmanager
+def _threads(args, model_file: Path):
+    """Score with ``--threads`` torch threads, else with those of the run whose record lies beside the model
+    (CPU reductions depend on the thread count: the same count scores the record's episodes bit for bit on
+    another machine), else with this process's; the count is restored afterwards."""
+    record = _record_beside(model_file)
+    want = args.threads or (record or {}).get("environment", {}).get("threads")
+    before = torch.get_num_threads()
+    if want and int(want) != before:
+        print(f"metabench: scoring with {int(want)} torch threads"
+              + ("" if args.threads else " as the run's record was made"), file=sys.stderr)
+        torch.set_num_threads(int(want))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -220,6 +239,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help="data root of the model's dataset (default $METABENCH_DATA or ./data)")
     ev.add_argument("--cache-dir", help="decoded-tensor cache (default $METABENCH_CACHE or ~/.cache/metabench)")
     ev.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ev.add_argument("--threads", type=int, metavar="T",
+                    help="torch threads for scoring (default: those the run's record beside the model names, else "
+                         "this machine's default)")
     ev.add_argument("--seal", action=argparse.BooleanOptionalAction, default=None,
                     help="rebuild the model's algorithm in a sealed worker that sees neither the data, the cache, "
                          "the model's folder nor the episodes (query labels stay here). Default: sealed where "
