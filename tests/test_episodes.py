@@ -76,3 +76,42 @@ def test_malformed_generator_output_is_named():
     batch.query_y = batch.query_y[:, :-1]
     with pytest.raises(PluginError, match=r"mygen: query_y should have shape \(4, 6\)"):
         batch.check("mygen", 4, 3, 1, 2, (1, 1, 1))
+
+
+class _PixelPrototypes:
+    """Nearest class mean on raw pixels; notes the tasks of every call."""
+
+    name = "pixel_prototypes"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, support_x, support_y, query_x, ways):
+        self.calls.append(support_x.shape[0])
+        onehot = torch.nn.functional.one_hot(support_y, ways).float()
+        protos = onehot.transpose(1, 2) @ support_x.flatten(2) / onehot.sum(1).unsqueeze(-1)
+        return -torch.cdist(query_x.flatten(2), protos)
+
+    def embed(self, x):
+        self.calls.append(x.shape[0])
+        return x.flatten(1)[:, :5]
+
+
+def test_evaluation_calls_are_capped_by_input_size_without_changing_scores(monkeypatch):
+    from metabench.engine import evaluation
+
+    g = make_generator(3)
+    labels = torch.arange(12).repeat_interleave(8)
+    images = (torch.rand(96, 1, 6, 6, generator=g) * 40 + labels.view(-1, 1, 1, 1) * 18).to(torch.uint8)
+    split = LabeledSplit(images, labels)
+    idx = evaluation.fixed_episode_indices(split, 5, 2, 3, 30, seed=1)
+    whole = _PixelPrototypes()
+    accs = evaluation.evaluate(whole, split, idx, shots=2, batch=50)
+    feats = evaluation.embed_tasks(whole, split, idx, batch=50)
+    assert whole.calls == [30, 30 * 25]
+    monkeypatch.setattr(evaluation, "MAX_CALL_VALUES", 7 * 25 * 36)  # 7 tasks of 25 images of 36 values
+    capped = _PixelPrototypes()
+    assert torch.equal(evaluation.evaluate(capped, split, idx, shots=2, batch=50), accs)
+    assert torch.equal(evaluation.embed_tasks(capped, split, idx, batch=50), feats)
+    assert capped.calls == [7, 7, 7, 7, 2] + [7 * 25] * 4 + [2 * 25]
+    assert 0.3 < float(accs.mean()) <= 1.0

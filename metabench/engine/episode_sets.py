@@ -498,11 +498,13 @@ def write_index_episodes(path: str | Path, indices: torch.Tensor, shots: int, la
 
 
 def stack_episodes(episodes: Sequence[Episode], *, batch: int | None = None,
-                   device: torch.device | str | None = None) -> Iterator[tuple[list[int], EpisodeBatch]]:
+                   device: torch.device | str | None = None,
+                   cap: Callable[[int, int, int], int] | None = None) -> Iterator[tuple[list[int], EpisodeBatch]]:
     """Group ``episodes`` of equal ``(N, K, query size, image shape)`` into float meta-batches of at most
     ``batch`` tasks (all of a group when ``None``) on ``device``, yielding ``(positions, batch)``:
     ``positions`` are the batch's tasks' indices in ``episodes``. Groups come in order of first appearance,
-    so ``scores[positions] = per_task_scores`` restores the original order."""
+    so ``scores[positions] = per_task_scores`` restores the original order. ``cap(tasks, images per task,
+    values per image)``, if given, lowers the tasks per batch of each group (e.g. to bound memory)."""
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     groups: dict[tuple, list[int]] = {}
@@ -510,6 +512,9 @@ def stack_episodes(episodes: Sequence[Episode], *, batch: int | None = None,
         groups.setdefault((ep.ways, ep.shots, ep.query_x.shape[0], ep.image_shape), []).append(i)
     for positions in groups.values():
         step = batch or len(positions)
+        if cap is not None:
+            first = episodes[positions[0]]
+            step = cap(step, first.support_x.shape[0] + first.query_x.shape[0], first.support_x[0].numel())
         for s in range(0, len(positions), step):
             pos = positions[s:s + step]
             eps = [episodes[i] for i in pos]

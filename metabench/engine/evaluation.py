@@ -10,6 +10,18 @@ from metabench.engine.episode_sets import stack_episodes
 from metabench.toolkit.episodes import EpisodeSampler, batch_from_indices, to_float
 from metabench.seeding import make_generator
 
+#: At most this many input values (images x channels x height x width) go into one ``predict`` / ``embed`` /
+#: ``cluster`` call: ``eval_batch`` tasks of 20-way 5-shot 15-query Omniglot (400 images each) made one Conv-4
+#: forward of 20,000 images, 8.7 GB at its peak; capped, 10 tasks (about 2 GB). Splitting the batch does not
+#: change a prediction (each test task is predicted on its own; Conv-4 in eval mode gives the same bits at any
+#: batch size on CPU).
+MAX_CALL_VALUES = 2 ** 22
+
+
+def tasks_per_call(batch: int, images_per_task: int, image_numel: int) -> int:
+    """Tasks per evaluation call: ``batch``, fewer where they would exceed :data:`MAX_CALL_VALUES`, at least 1."""
+    return max(1, min(batch, MAX_CALL_VALUES // max(1, images_per_task * image_numel)))
+
 
 def fixed_episode_indices(split: LabeledSplit, ways: int, shots: int, queries: int, episodes: int,
                          seed: int) -> torch.Tensor:
@@ -29,8 +41,10 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 def evaluate(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, shots: int,
              batch: int = 50, on_batch=None) -> torch.Tensor:
-    """Per-episode query accuracy ``[E]`` of ``algorithm`` on the episodes ``indices``, ``batch`` at a time."""
+    """Per-episode query accuracy ``[E]`` of ``algorithm`` on the episodes ``indices``, ``batch`` at a time
+    (fewer where :func:`tasks_per_call` says so)."""
     accs = []
+    batch = tasks_per_call(batch, indices[0].numel() if len(indices) else 1, split.images[0].numel())
     for start in range(0, indices.shape[0], batch):
         ep = batch_from_indices(split.images, indices[start:start + batch], shots)
         accs.append(_accuracy(algorithm, ep))
@@ -55,9 +69,9 @@ def evaluate_episodes(algorithm: Algorithm, episodes: list, batch: int = 50,
                       device: torch.device | str | None = None) -> torch.Tensor:
     """Per-episode query accuracy ``[E]`` of ``algorithm`` on a given episode set
     (:func:`metabench.engine.episode_sets.load_episodes`), in the set's order; episodes of one shape are
-    predicted ``batch`` at a time."""
+    predicted ``batch`` at a time (fewer where :func:`tasks_per_call` says so)."""
     accs = torch.zeros(len(episodes), dtype=torch.float64)
-    for positions, ep in stack_episodes(episodes, batch=batch, device=device):
+    for positions, ep in stack_episodes(episodes, batch=batch, device=device, cap=tasks_per_call):
         accs[positions] = _accuracy(algorithm, ep)
     return accs
 
@@ -67,7 +81,7 @@ def cluster_own(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor
     """The algorithm's own cluster ids ``[E, N*(K+Q)]`` (:meth:`~metabench.contracts.Algorithm.cluster`) of
     the unlabeled images of the episodes ``indices`` ``[E, N, K+Q]``, class-major as in :func:`embed_tasks`."""
     out = []
-    for chunk in indices.split(batch):
+    for chunk in indices.split(tasks_per_call(batch, indices[0].numel(), split.images[0].numel())):
         e, m = chunk.shape[0], chunk.shape[1] * chunk.shape[2]
         ids = algorithm.cluster(to_float(split.images[chunk.reshape(e, m)]), k)
         if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (e, m) or ids.dtype != torch.int64:
@@ -83,7 +97,7 @@ def embed_tasks(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor
     """Features ``[E, N*(K+Q), D]`` of every image of the episodes ``indices`` ``[E, N, K+Q]``, from
     ``algorithm.embed``; the images of a task stay together, class-major."""
     out = []
-    for chunk in indices.split(batch):
+    for chunk in indices.split(tasks_per_call(batch, indices[0].numel(), split.images[0].numel())):
         e, m = chunk.shape[0], chunk.shape[1] * chunk.shape[2]
         x = to_float(split.images[chunk.reshape(e, m)]).flatten(0, 1)
         z = algorithm.embed(x)
