@@ -23,6 +23,11 @@ def tasks_per_call(batch: int, images_per_task: int, image_numel: int) -> int:
     return max(1, min(batch, MAX_CALL_VALUES // max(1, images_per_task * image_numel)))
 
 
+def _per_call(batch: int, indices: torch.Tensor, split: LabeledSplit) -> int:
+    """:func:`tasks_per_call` for the episodes ``indices`` ``[E, N, K+Q]`` of ``split``."""
+    return tasks_per_call(batch, indices.shape[1:].numel(), split.images.shape[1:].numel())
+
+
 def fixed_episode_indices(split: LabeledSplit, ways: int, shots: int, queries: int, episodes: int,
                          seed: int) -> torch.Tensor:
     """Image indices ``[E, N, K+Q]`` of the test episodes. They depend only on the split, the protocol
@@ -44,7 +49,7 @@ def evaluate(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor, s
     """Per-episode query accuracy ``[E]`` of ``algorithm`` on the episodes ``indices``, ``batch`` at a time
     (fewer where :func:`tasks_per_call` says so)."""
     accs = []
-    batch = tasks_per_call(batch, indices[0].numel() if len(indices) else 1, split.images[0].numel())
+    batch = _per_call(batch, indices, split)
     for start in range(0, indices.shape[0], batch):
         ep = batch_from_indices(split.images, indices[start:start + batch], shots)
         accs.append(_accuracy(algorithm, ep))
@@ -81,7 +86,7 @@ def cluster_own(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor
     """The algorithm's own cluster ids ``[E, N*(K+Q)]`` (:meth:`~metabench.contracts.Algorithm.cluster`) of
     the unlabeled images of the episodes ``indices`` ``[E, N, K+Q]``, class-major as in :func:`embed_tasks`."""
     out = []
-    for chunk in indices.split(tasks_per_call(batch, indices[0].numel(), split.images[0].numel())):
+    for chunk in indices.split(_per_call(batch, indices, split)):
         e, m = chunk.shape[0], chunk.shape[1] * chunk.shape[2]
         ids = algorithm.cluster(to_float(split.images[chunk.reshape(e, m)]), k)
         if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (e, m) or ids.dtype != torch.int64:
@@ -97,7 +102,7 @@ def embed_tasks(algorithm: Algorithm, split: LabeledSplit, indices: torch.Tensor
     """Features ``[E, N*(K+Q), D]`` of every image of the episodes ``indices`` ``[E, N, K+Q]``, from
     ``algorithm.embed``; the images of a task stay together, class-major."""
     out = []
-    for chunk in indices.split(tasks_per_call(batch, indices[0].numel(), split.images[0].numel())):
+    for chunk in indices.split(_per_call(batch, indices, split)):
         e, m = chunk.shape[0], chunk.shape[1] * chunk.shape[2]
         x = to_float(split.images[chunk.reshape(e, m)]).flatten(0, 1)
         z = algorithm.embed(x)
