@@ -22,15 +22,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: Top-level folders of the checkout that hold what runs produce, not code: a change there (a suite writing its
+#: records into the committed ``results/``, a regenerated leaderboard) does not make a run's code ``+dirty``.
+OUTPUT_FOLDERS = ("results", "leaderboards")
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the metabench source tree, with ``+dirty`` when it has uncommitted changes."""
-    src = Path(metabench.__file__).resolve().parent
+    """The commit of the metabench source tree, with ``+dirty`` when it has uncommitted changes outside
+    :data:`OUTPUT_FOLDERS`."""
+    return commit_of(Path(metabench.__file__).resolve().parent)
+
+
+def commit_of(folder: Path) -> str | None:
+    """``HEAD`` of the git checkout holding ``folder``, ``+dirty`` when a tracked file outside
+    :data:`OUTPUT_FOLDERS` has uncommitted changes; None outside a checkout."""
+    outputs = [f":(top,exclude){name}" for name in OUTPUT_FOLDERS]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *outputs],
+                               cwd=folder, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
