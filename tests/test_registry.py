@@ -124,3 +124,31 @@ def test_pip_installed_package_with_entry_point_shows_up(tmp_path):
     assert {k: item[k] for k in ("kind", "name", "origin", "version", "description")} == {
         "kind": "algorithm", "name": "pixel_nn", "origin": "mb-thirdparty", "version": "1.2.3",
         "description": "Nearest class mean on raw pixels: no meta-learning at all."}
+
+
+def test_builtins_come_from_the_source_tree_of_the_core_that_loads_them(tmp_path):
+    """A second tree first on PYTHONPATH (a worktree making reference records) imports its own ``plugins/``,
+    not the editable install's, so the records' commit and plugin digests name one tree."""
+    import shutil
+
+    import metabench
+    from metabench.engine.provenance import plugin_code_digest
+
+    repo = Path(metabench.__file__).resolve().parent.parent
+    tree = tmp_path / "tree"
+    for folder in ("metabench", "plugins"):
+        shutil.copytree(repo / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tree / "plugins" / "algorithms" / "protonet.py", "a") as f:
+        f.write("\n# an edit made only in the second tree\n")
+    probe = ("import json, sys; from metabench.engine.registry import discover; "
+             "from metabench.engine.provenance import plugin_code_digest; "
+             "c = discover().get('algorithm', 'protonet').cls; "
+             "print(json.dumps([sys.modules['metabench_plugins'].__file__, sys.modules[c.__module__].__file__, "
+             "plugin_code_digest(c)]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tree)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    package, module, digest = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(package).resolve() == (tree / "plugins" / "__init__.py").resolve()
+    assert Path(module).resolve() == (tree / "plugins" / "algorithms" / "protonet.py").resolve()
+    assert digest != plugin_code_digest(discover().get("algorithm", "protonet").cls)

@@ -18,7 +18,7 @@ from types import ModuleType
 import pluggy
 
 from metabench import hookspecs
-from metabench.engine import plugin_probe, sandbox
+from metabench.engine import builtin_plugins, plugin_probe, sandbox
 from metabench.names import base_name
 from metabench.contracts import KINDS, Algorithm, Dataset, TaskGenerator
 
@@ -183,7 +183,9 @@ def discover(plugins_dirs: list[Path] | tuple[Path, ...] = (), confine: bool = F
     hidden, and register their task generators and algorithms as stand-ins
     (:mod:`metabench.engine.plugin_probe`), so that their code never runs in this process; a source that
     provides a dataset is then imported here. Without a working sandbox, ``confine`` is ignored (runs are
-    not sealed there either, and say so)."""
+    not sealed there either, and say so). The built-ins come from the core's own source tree when it has one
+    (:mod:`metabench.engine.builtin_plugins`)."""
+    builtin_plugins.bind()
     reg, pm = Registry(plugins_dirs=tuple(str(Path(d).resolve()) for d in plugins_dirs)), _new_manager()
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
     sources: list[dict] = []  # every source, in discovery order: {"kind", "source", ...}
