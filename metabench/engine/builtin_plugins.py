@@ -14,15 +14,18 @@ import importlib.metadata as md
 import importlib.util
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import metabench
 
 
-def _builtin_packages() -> list[str]:
-    """Top-level packages, other than ``metabench``, that metabench's own entry points name."""
-    return sorted({ep.value.split(":")[0].split(".")[0] for ep in md.entry_points(group="metabench")
-                   if ep.dist is not None and ep.dist.name == "metabench"} - {"metabench"})
+def entry_point_packages(eps: Iterable[md.EntryPoint] | None = None, dist: str | None = None) -> list[str]:
+    """Top-level packages, other than ``metabench``, named by the entry points ``eps`` (default: the
+    installed ones of group ``metabench``), only those of distribution ``dist`` when given."""
+    eps = md.entry_points(group="metabench") if eps is None else eps
+    return sorted({ep.value.split(":")[0].split(".")[0] for ep in eps
+                   if dist is None or (ep.dist is not None and ep.dist.name == dist)} - {"metabench"})
 
 
 def _folder_of(module) -> Path | None:
@@ -40,14 +43,15 @@ def _installed_folder(package: str) -> Path | None:
     return Path(locations[0]).resolve() if locations else None
 
 
-def bind() -> dict[str, Path]:
-    """Import each built-in package from the folder of its installed folder's name beside the imported core
+def bind(eps: Iterable[md.EntryPoint] | None = None) -> dict[str, Path]:
+    """Import each built-in package (named by metabench's own entry points among ``eps``, default the
+    installed ones) from the folder of its installed folder's name beside the imported core
     (a no-op where that is the installed folder already, or where there is none); submodules follow
     through the package's ``__path__``. Returns the folders bound, by package. A package already imported
     from another tree is left as it is, with a warning naming both folders."""
     root = Path(metabench.__file__).resolve().parent.parent
     bound = {}
-    for package in _builtin_packages():
+    for package in entry_point_packages(eps, dist="metabench"):
         loaded = sys.modules.get(package)
         installed = _folder_of(loaded) if loaded is not None else _installed_folder(package)
         if installed is None:

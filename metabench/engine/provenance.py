@@ -26,7 +26,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.metadata as md
 import importlib.util
 import json
 import sys
@@ -36,6 +35,7 @@ from typing import Any, Callable
 import torch
 
 from metabench.contracts import KINDS, ImageSet
+from metabench.engine.builtin_plugins import entry_point_packages
 from metabench.engine.registry import Registry
 from metabench.engine.code_digest import FORMAT as _FORMAT, digest_sources
 from metabench.names import base_name
@@ -46,8 +46,7 @@ _CORE = ("metabench.toolkit", "metabench.seeding")  # the numerical code plugins
 @functools.lru_cache(maxsize=1)
 def _plugin_packages() -> frozenset[str]:
     """Top-level packages that provide ``metabench`` entry points (the built-ins: ``metabench_plugins``)."""
-    tops = {ep.value.split(":")[0].split(".")[0] for ep in md.entry_points(group="metabench")}
-    return frozenset(tops - {"metabench"})
+    return frozenset(entry_point_packages())
 
 
 def _module_file(name: str) -> Path | None:

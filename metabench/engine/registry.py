@@ -185,9 +185,9 @@ def discover(plugins_dirs: list[Path] | tuple[Path, ...] = (), confine: bool = F
     provides a dataset is then imported here. Without a working sandbox, ``confine`` is ignored (runs are
     not sealed there either, and say so). The built-ins come from the core's own source tree when it has one
     (:mod:`metabench.engine.builtin_plugins`)."""
-    builtin_plugins.bind()
-    reg, pm = Registry(plugins_dirs=tuple(str(Path(d).resolve()) for d in plugins_dirs)), _new_manager()
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
+    builtin_plugins.bind(eps)
+    reg, pm = Registry(plugins_dirs=tuple(str(Path(d).resolve()) for d in plugins_dirs)), _new_manager()
     sources: list[dict] = []  # every source, in discovery order: {"kind", "source", ...}
     for ep in eps:
         dist = ep.dist.name if ep.dist else "metabench"
