@@ -15,7 +15,8 @@ implementations (a change of machine load hits every one alike); each round time
 meta-training steps per implementation after one warm-up and keeps the median; the report gives, per
 implementation, the median over rounds of its speed relative to learn2learn in the same round (and the
 range), and its peak resident memory above the start of its steps (:mod:`metabench.engine.memory`).
-Test-time adaptation (15 queries per class, 3 first-order steps, no outer graph) is compared the same way.
+Test-time adaptation (15 queries per class, 3 first-order steps, no outer graph) is compared the same way,
+and per-episode adaptation is split into its two phases (inner steps, query forward) on both sides.
 
 learn2learn 0.2.0's published source ships C files that do not compile on Python >= 3.11; it installs after
 regenerating them with Cython (see ``benchmarks/results/README.md``). Without it the script says so and exits 2.
@@ -172,6 +173,50 @@ def compare_adaptation(queries: int, episodes: int, paths: list[str], rounds: in
             "rows": _summary(timings, 1000 / episodes, "ms_per_episode")}
 
 
+def adaptation_phases(queries: int, episodes: int, rounds: int, repeats: int) -> dict[str, float]:
+    """Median ms per episode of the two phases of per-episode adaptation, metabench's ``loop`` and learn2learn
+    alike: the ``TEST_STEPS`` inner steps on the support set, and the query forward at the adapted weights."""
+    from torch.func import functional_call
+
+    from metabench.toolkit.inner_loop import adapt
+
+    b = synthetic_batch(episodes, WAYS, SHOTS, queries, SHAPE, torch.device("cpu"))
+    alg = build_maml("loop", queries)
+    params = {k: p.detach() for k, p in alg.params.items()}
+    l2l_side = L2LMAML(alg.model)
+
+    def ours_steps():
+        with torch.enable_grad():
+            return [adapt(alg.model, params, b.support_x[t], b.support_y[t], alg.test_loop) for t in range(episodes)]
+
+    def l2l_steps():
+        out = []
+        for t in range(episodes):
+            learner = l2l_side.maml.clone(first_order=True)
+            for _ in range(TEST_STEPS):
+                learner.adapt(F.cross_entropy(learner(b.support_x[t]), b.support_y[t]))
+            out.append(learner)
+        return out
+
+    phi, learners = ours_steps(), l2l_steps()
+
+    @torch.no_grad()
+    def ours_query():
+        return [functional_call(alg.model, phi[t], (b.query_x[t],)) for t in range(episodes)]
+
+    @torch.no_grad()
+    def l2l_query():
+        return [learners[t](b.query_x[t]) for t in range(episodes)]
+
+    phases = {"loop_steps": ours_steps, "learn2learn_steps": l2l_steps, "loop_query_forward": ours_query,
+              "learn2learn_query_forward": l2l_query}
+    times: dict[str, list[float]] = {k: [] for k in phases}
+    for _ in range(rounds):
+        for k, fn in phases.items():
+            times[k].append(_median_s(fn, repeats)[0] * 1000 / episodes)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def table(report: dict[str, Any]) -> str:
     """The report's speed ratios and memory as Markdown lines."""
     lines = []
@@ -217,8 +262,11 @@ def main() -> int:
               "rounds": a.rounds, "repeats": a.repeats,
               "meta_training": [compare_training(q, a.meta_batch, paths, a.rounds, a.repeats)
                                 for q in a.train_queries],
-              "adaptation": compare_adaptation(15, a.meta_batch, paths, a.rounds, a.repeats)}
+              "adaptation": compare_adaptation(15, a.meta_batch, paths, a.rounds, a.repeats),
+              "adaptation_phases_ms_per_episode": adaptation_phases(15, a.meta_batch, a.rounds, a.repeats)}
     print(table(report))
+    print("\nper-episode adaptation, ms per episode:", {k: round(v, 1) for k, v in
+                                                       report["adaptation_phases_ms_per_episode"].items()})
     if a.json:
         a.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
