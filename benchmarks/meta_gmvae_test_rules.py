@@ -13,7 +13,8 @@ images taken as one set:
 * ``active_diag`` / ``active_identity`` / ``active_tied``: EM on the informative dimensions only (posterior
   variance below 0.8 of the prior's, averaged over the episode's images; the others set to 0), with
   per-component diagonal, identity, or one shared diagonal covariance;
-* ``active_proto`` / ``all_proto``: nearest class mean of the support, informative or all dimensions;
+* ``active_proto`` / ``all_proto``: nearest class mean of the support (ProtoNet's ``prototype_logits``),
+  informative or all dimensions;
 
 and ``n_active``, the mean number of informative dimensions. Data from ``METABENCH_DATA`` as for ``run``.
 """
@@ -33,7 +34,7 @@ from metabench.engine.suite import episode_seed, test_shapes
 from metabench.toolkit.episodes import batch_from_indices
 
 
-def rules(alg, em_fit, sx, sy, qx, ways) -> dict[str, torch.Tensor]:
+def rules(alg, em_fit, prototype_logits, sx, sy, qx, ways) -> dict[str, torch.Tensor]:
     """Query scores ``[T, Q, ways]`` of every rule (and ``n_active`` ``[T]``) for one batch of episodes."""
     z, logvar = alg.net.posterior(torch.cat([sx, qx], 1))
     s = sx.shape[1]
@@ -46,8 +47,7 @@ def rules(alg, em_fit, sx, sy, qx, ways) -> dict[str, torch.Tensor]:
         return em_fit(points, ways, 10, fixed_resp=fixed, learn_weights=False, **kw).log_resp[:, s:]
 
     def proto(points):
-        means = fixed.transpose(1, 2) @ points[:, :s] / fixed.sum(1).unsqueeze(-1)
-        return -torch.cdist(points[:, s:], means)
+        return prototype_logits(points[:, :s], sy, points[:, s:], ways)
 
     return {"paper_all_diag": em(z, diag=True), "all_identity": em(z), "active_diag": em(za, diag=True),
             "active_identity": em(za), "active_tied": em(za, diag=True, tied=True),
@@ -61,6 +61,7 @@ def main() -> None:
     reg, c = discover(), model.config
     cls = reg.get("algorithm", "meta_gmvae").cls
     em_fit = sys.modules[cls.__module__].em_fit
+    prototype_logits = sys.modules[reg.get("algorithm", "protonet").cls.__module__].prototype_logits
     ds_info, ds_opts = reg.resolve("dataset", c["dataset"], c["options"].get(c["dataset"]))
     data = ds_info.cls().load(DataContext(default_data_root(), default_cache_dir(), ds_opts))
     alg = rebuild(model, cls, torch.device("cpu"), default_cache_dir(), data.split("train"))
@@ -68,12 +69,14 @@ def main() -> None:
     test = data.split("test")
     with torch.no_grad():
         for t in test_shapes(c):
-            idx = fixed_episode_indices(test, t.ways, t.shots, t.queries, c["budget"]["test_episodes"],
-                                        episode_seed(c.get("test_dataset") or c["dataset"], t, c["seed"]))[:episodes]
+            seed = episode_seed(c.get("test_dataset") or c["dataset"], t, c["seed"])
+            idx = fixed_episode_indices(test, t.ways, t.shots, t.queries, c["budget"]["test_episodes"], seed)
+            idx = idx[:episodes]
             scores: dict[str, list[torch.Tensor]] = {}
             for start in range(0, episodes, 50):
                 ep = batch_from_indices(test.images, idx[start:start + 50], t.shots)
-                for k, v in rules(alg, em_fit, ep.support_x, ep.support_y, ep.query_x, ep.ways).items():
+                out = rules(alg, em_fit, prototype_logits, ep.support_x, ep.support_y, ep.query_x, ep.ways)
+                for k, v in out.items():
                     scores.setdefault(k, []).append(v if k == "n_active"
                                                     else (v.argmax(-1) == ep.query_y).double().mean(1))
             for k, v in scores.items():

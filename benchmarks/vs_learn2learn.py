@@ -29,7 +29,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ import torch.nn.functional as F
 
 from metabench.contracts import EpisodeBatch, RunContext
 from metabench.engine import memory
-from metabench.execution.bench import device_name, matmul_gflops, resolve_algorithms, synthetic_batch
+from metabench.execution.bench import (_median_seconds, device_name, matmul_gflops, resolve_algorithms,
+                                       synthetic_batch)
 from metabench.toolkit.inner_loop import meta_backward
 
 WAYS, SHOTS, SHAPE, INNER_LR, TEST_STEPS = 5, 1, (1, 28, 28), 0.4, 3
@@ -103,12 +103,12 @@ def agreement(paths: list[str], tasks: int = 4, queries: int = 5) -> dict[str, f
     l2l_side = L2LMAML(ref_alg.model)
     l2l_side.meta_gradient(b)
     ref = dict(l2l_side.maml.module.named_parameters())
+    scale = max(float(p.grad.abs().max()) for p in ref.values())
     out = {}
     for path in paths:
         alg = build_maml(path, queries, torch.float64)
         meta_backward(alg.model, alg.params, b.support_x, b.support_y, b.query_x, b.query_y, alg.train_loop,
                       alg.lrs, alg.path, alg.chunk)
-        scale = max(float(p.grad.abs().max()) for p in ref.values())
         out[path] = max(float((alg.params[k].grad - p.grad).abs().max()) for k, p in ref.items()) / scale
     return out
 
@@ -116,15 +116,21 @@ def agreement(paths: list[str], tasks: int = 4, queries: int = 5) -> dict[str, f
 def _median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """Median seconds of ``fn`` over ``repeats`` calls after one warm-up, and the peak memory (MiB) those
     calls added to the resident size at their start."""
+    cpu = torch.device("cpu")
     fn()
-    memory.reset_peak(torch.device("cpu"))
-    start = memory.peak_mb(torch.device("cpu"))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), memory.peak_mb(torch.device("cpu")) - start
+    memory.reset_peak(cpu)
+    start = memory.peak_mb(cpu)
+    return _median_seconds(fn, cpu, repeats, warmup=0), memory.peak_mb(cpu) - start
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """:func:`_median_s` of each of ``fns`` in turn, ``rounds`` times (a change of machine load hits every one
+    alike): per name, one (seconds, MiB) pair a round."""
+    timings: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            timings[k].append(_median_s(fn, repeats))
+    return timings
 
 
 def _summary(timings: dict[str, list[tuple[float, float]]], scale: float, unit: str) -> dict[str, Any]:
@@ -147,12 +153,10 @@ def compare_training(train_queries: int, meta_batch: int, paths: list[str], roun
     batch = synthetic_batch(meta_batch, WAYS, SHOTS, train_queries, SHAPE, torch.device("cpu"))
     algs = {p: build_maml(p, train_queries) for p in paths}
     l2l_side = L2LMAML(algs[paths[0]].model)
-    timings: dict[str, list[tuple[float, float]]] = {k: [] for k in ["learn2learn", *paths]}
     step = iter(range(10**9))
-    for _ in range(rounds):
-        timings["learn2learn"].append(_median_s(lambda: l2l_side.train_step(batch), repeats))
-        for p, alg in algs.items():
-            timings[p].append(_median_s(lambda: alg.train_step(batch, next(step)), repeats))
+    fns = {"learn2learn": lambda: l2l_side.train_step(batch),
+           **{p: (lambda alg=alg: alg.train_step(batch, next(step))) for p, alg in algs.items()}}
+    timings = _interleaved(fns, rounds, repeats)
     return {"train_queries": train_queries, "meta_batch": meta_batch,
             "train_paths": {p: a.path for p, a in algs.items()}, "rows": _summary(timings, 1.0, "s_per_step")}
 
@@ -163,11 +167,9 @@ def compare_adaptation(queries: int, episodes: int, paths: list[str], rounds: in
     b = synthetic_batch(episodes, WAYS, SHOTS, queries, SHAPE, torch.device("cpu"))
     algs = {p: build_maml(p, queries) for p in paths}
     l2l_side = L2LMAML(algs[paths[0]].model)
-    timings: dict[str, list[tuple[float, float]]] = {k: [] for k in ["learn2learn", *paths]}
-    for _ in range(rounds):
-        timings["learn2learn"].append(_median_s(lambda: l2l_side.predict(b), repeats))
-        for p, alg in algs.items():
-            timings[p].append(_median_s(lambda: alg.predict(b.support_x, b.support_y, b.query_x, WAYS), repeats))
+    fns = {"learn2learn": lambda: l2l_side.predict(b),
+           **{p: (lambda alg=alg: alg.predict(b.support_x, b.support_y, b.query_x, WAYS)) for p, alg in algs.items()}}
+    timings = _interleaved(fns, rounds, repeats)
     return {"queries": queries, "episodes": episodes, "test_steps": TEST_STEPS,
             "predict_paths": {p: a.predict_path for p, a in algs.items()},
             "rows": _summary(timings, 1000 / episodes, "ms_per_episode")}
@@ -208,13 +210,9 @@ def adaptation_phases(queries: int, episodes: int, rounds: int, repeats: int) ->
     def l2l_query():
         return [learners[t](b.query_x[t]) for t in range(episodes)]
 
-    phases = {"loop_steps": ours_steps, "learn2learn_steps": l2l_steps, "loop_query_forward": ours_query,
-              "learn2learn_query_forward": l2l_query}
-    times: dict[str, list[float]] = {k: [] for k in phases}
-    for _ in range(rounds):
-        for k, fn in phases.items():
-            times[k].append(_median_s(fn, repeats)[0] * 1000 / episodes)
-    return {k: statistics.median(v) for k, v in times.items()}
+    timings = _interleaved({"loop_steps": ours_steps, "learn2learn_steps": l2l_steps,
+                            "loop_query_forward": ours_query, "learn2learn_query_forward": l2l_query}, rounds, repeats)
+    return {k: statistics.median(s for s, _ in runs) * 1000 / episodes for k, runs in timings.items()}
 
 
 def table(report: dict[str, Any]) -> str:
