@@ -12,6 +12,7 @@ from metabench import Budget, EpisodeBatch, LabeledSplit, PluginError, RunContex
 from metabench.toolkit.episodes import EpisodeSampler
 from metabench.engine.evaluation import evaluate, fixed_episode_indices
 from metabench.toolkit import grouped
+from metabench.toolkit.layout import activation_layout, resolve_channels_last
 from metabench.toolkit.inner_loop import (CPU_CHUNK, GROUPED_MAX_TASK_IMAGES, InnerLoop, MetaModel, adapt, meta_backward,
                                           meta_batch_query, resolve_chunk, resolve_path)
 from metabench.seeding import make_generator
@@ -223,17 +224,62 @@ def test_grouped_path_refuses_layers_it_cannot_fold():
                                    cls.resolve_options({"path": "grouped", "backbone": "resnet12", "hidden": 4})))
 
 
-def test_grouped_path_follows_the_models_memory_format(f64):
+def _relu_layouts(monkeypatch) -> list[str]:
+    """Record the layout of every 4-d ``F.relu`` input from now on: "cl", "nchw", or "both" (ambiguous)."""
+    seen, relu = [], F.relu
+
+    def spy(x, *args, **kwargs):
+        if x.dim() == 4:
+            cl, plain = x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()
+            seen.append("both" if cl and plain else "cl" if cl else "nchw" if plain else "strided")
+        return relu(x, *args, **kwargs)
+    monkeypatch.setattr(F, "relu", spy)
+    return seen
+
+
+def test_activation_layout_sets_the_layout_of_the_model_and_the_grouped_forward(f64, monkeypatch):
     model, (sx, *_) = _model(), _episodes()
     params = grouped.stack_shared({k[len("backbone.blocks."):]: v for k, v in model.named_parameters()
                                    if k.startswith("backbone.blocks.")}, T)
-    assert not grouped.wants_channels_last(model.backbone.blocks)
+    seen = _relu_layouts(monkeypatch)
     plain = grouped.backbone(model.backbone.blocks, params, sx)
-    model.to(memory_format=torch.channels_last)
-    assert grouped.wants_channels_last(model.backbone.blocks)
-    torch.testing.assert_close(grouped.backbone(model.backbone.blocks, params, sx), plain, rtol=1e-12, atol=1e-12)
     with torch.no_grad():
-        torch.testing.assert_close(plain[1], model.backbone(sx[1]), rtol=1e-12, atol=1e-12)
+        single = model.backbone(sx[1])
+    assert seen and "cl" not in seen and "nchw" in seen
+    seen.clear()
+    with activation_layout(True):  # one input channel: the first conv's output comes out NCHW unless told
+        folded = grouped.backbone(model.backbone.blocks, params, sx)
+        with torch.no_grad():
+            last = model.backbone(sx[1])
+    assert seen and set(seen) <= {"cl", "both"} and "cl" in seen
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last, single, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(plain[1], single, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_auto_resolves_per_phase_and_device():
+    assert resolve_channels_last("auto", "cpu", "grouped", second_order=False)
+    assert not resolve_channels_last("auto", "cpu", "grouped", second_order=True)
+    assert not resolve_channels_last("auto", "cpu", "loop", second_order=False)
+    assert not resolve_channels_last("auto", "cuda", "grouped", second_order=False)
+    assert resolve_channels_last(True, "cuda", "loop", True)
+    assert not resolve_channels_last(False, "cpu", "grouped", False)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="channels_last"):
+            resolve_channels_last(bad, "cpu", "grouped", False)
+    # tasks of N * (K + Q) = 12 images meta-train on grouped; Reptile meta-trains on the loop
+    expected = {MAML: (False, True), MetaSGD: (False, True), FOMAML: (True, True), ANIL: (True, True),
+                Reptile: (False, True)}
+    for cls, phases in expected.items():
+        alg = cls()
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE, cls.resolve_options({"hidden": 4})))
+        assert (alg.train_cl, alg.test_cl) == phases, cls.name
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                             cls.resolve_options({"hidden": 4, "path": "loop"})))
+        assert (alg.train_cl, alg.test_cl) == (False, False), cls.name
+        with pytest.raises(PluginError, match="channels_last"):
+            cls().setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                                   cls.resolve_options({"hidden": 4, "channels_last": "on"})))
 
 
 def test_paths_and_plugin_defaults():
@@ -323,19 +369,20 @@ def test_predict_with_fewer_ways_than_trained_cuts_the_head():
         alg.predict(sx.float(), sy, qx.float(), 6)
 
 
-@pytest.mark.parametrize("cls", [MAML, FOMAML])
+@pytest.mark.parametrize("cls", [MAML, FOMAML, Reptile])
 @pytest.mark.parametrize("path", PATHS)
-def test_channels_last_changes_the_layout_not_the_numbers(f64, cls, path):
+def test_channels_last_changes_the_layout_not_the_numbers(f64, monkeypatch, cls, path):
     sx, sy, qx, qy = _episodes()
-    out = {}
+    out, seen = {}, _relu_layouts(monkeypatch) if path != "batched" else []  # vmap: layout left as it comes
     for cl in (False, True):
         alg = cls()
         alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
                              cls.resolve_options({"path": path, "hidden": 8, "channels_last": cl})))
-        conv = alg.params["backbone.blocks.1.0.weight"]
-        assert conv.is_contiguous(memory_format=torch.channels_last) == cl and (cl or conv.is_contiguous())
+        seen.clear()
         loss = alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), 0)
         out[cl] = (loss, {k: v.detach().clone() for k, v in alg.params.items()}, alg.predict(sx, sy, qx, N))
+        if path != "batched":
+            assert seen and ("cl" in seen) == cl and ("nchw" in seen) == (not cl)
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-12)
     for k, v in out[False][1].items():
         torch.testing.assert_close(out[True][1][k], v, rtol=0, atol=1e-9)

@@ -6,15 +6,16 @@ channels is exactly per-task batch norm (each task's statistics), with torch's f
 double backward (unlike its batching rule under ``vmap``); the head is one batched matrix product.
 
 Parameters are stacked per task, ``{name: [T, *shape]}`` (a shared tensor is ``expand``-ed, so gradients
-flow back summed over tasks). Everything is plain autograd: no ``vmap``. When the model's convolutions were
-put in ``channels_last`` memory format (the MAML family's option), the folded activations and weights are
-too (:func:`wants_channels_last`); the values are the same either way.
+flow back summed over tasks). Everything is plain autograd: no ``vmap``. The folded activations are in the
+memory format :func:`metabench.toolkit.layout.activation_layout` asks for; the values are the same either way.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metabench.toolkit import layout
 
 Params = dict[str, torch.Tensor]
 
@@ -49,20 +50,13 @@ def check_foldable(blocks: nn.Module | None) -> None:
                                  + (" with running statistics" if isinstance(layer, FOLDABLE) else ""))
 
 
-def wants_channels_last(blocks: nn.Module) -> bool:
-    """Whether a convolution of ``blocks`` with more than one input channel (where the two layouts differ)
-    holds its weight in ``channels_last`` memory format."""
-    return any(m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
-               for m in blocks.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
-
-
 def backbone(blocks: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     """Features ``[T, M, D]`` of ``x`` ``[T, M, C, H, W]`` through the conv blocks ``blocks`` (the modules
     of Conv-4: ``Conv2d``, ``BatchNorm2d`` without running statistics, ``ReLU``, ``MaxPool2d``) with the
     stacked ``params`` keyed ``"<i>.<j>.weight"`` as in ``blocks.named_parameters()``."""
     check_foldable(blocks)
     t, m = x.shape[:2]
-    fmt = torch.channels_last if wants_channels_last(blocks) else torch.contiguous_format
+    fmt = layout.memory_format()
     h = fold(x).contiguous(memory_format=fmt)
     for i, block in enumerate(blocks):
         for j, layer in enumerate(block):

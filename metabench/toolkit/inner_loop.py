@@ -29,6 +29,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from metabench.contracts import PluginError
 from metabench.toolkit import grouped
+from metabench.toolkit import layout
 from metabench.toolkit import nets
 
 Params = dict[str, torch.Tensor]
@@ -36,6 +37,7 @@ PATHS = ("auto", "batched", "loop", "grouped")
 
 
 _ELEMENTARY_BN: contextvars.ContextVar[bool] = contextvars.ContextVar("metabench_elementary_bn", default=False)
+_UNDER_VMAP: contextvars.ContextVar[bool] = contextvars.ContextVar("metabench_under_vmap", default=False)
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):
@@ -46,6 +48,9 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     second-order MAML under ``vmap`` got meta-gradients ~5% off in float64 with torch 2.14), while its
     first-order gradients under ``vmap`` are exact (1e-15). Elsewhere it calls the fused ``F.batch_norm``,
     which is exact and faster (see ``benchmarks/results/README.md``).
+
+    Outside ``vmap`` its input is first put in the layout :func:`metabench.toolkit.layout.activation_layout`
+    asks for, so that everything after the first convolution computes in it.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -53,6 +58,8 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise each channel of ``[M, C, H, W]`` over ``M, H, W`` (biased variance), scale and shift."""
+        if not _UNDER_VMAP.get():  # vmap cannot query a layout other than the default
+            x = x.contiguous(memory_format=layout.memory_format())
         if not _ELEMENTARY_BN.get():
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         # the affine map folded into one per-channel scale: a single full-size multiply-add
@@ -101,14 +108,6 @@ class InnerLoop:
             raise ValueError(f"bad inner loop {self}")
         if self.head_only and self.minibatches:
             raise ValueError("head_only adaptation on minibatches is not supported")
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` ``[..., C, H, W]`` stored channels-last, so that each of its ``[M, C, H, W]`` slices is in torch's
-    ``channels_last`` memory format (the values are unchanged)."""
-    if x.dim() < 4:
-        return x
-    return x.movedim(-3, -1).contiguous().movedim(-1, -3)
 
 
 #: On CPU, ``auto`` meta-trains on the ``grouped`` path when a task holds at most this many images (support
@@ -291,11 +290,12 @@ def over_tasks(fn: Callable[..., Any], shared: tuple, per_task: tuple, path: str
     """
     if path == "batched":
         in_dims = (None,) * len(shared) + (0,) * len(per_task)
-        token = _ELEMENTARY_BN.set(second_order)
+        token, inside = _ELEMENTARY_BN.set(second_order), _UNDER_VMAP.set(True)
         try:
             return vmap(fn, in_dims=in_dims, randomness="error")(*shared, *per_task)
         finally:
             _ELEMENTARY_BN.reset(token)
+            _UNDER_VMAP.reset(inside)
     if path != "loop":
         raise ValueError(f"path must be 'batched' or 'loop' here, got {path!r}")
     return _stack([fn(*shared, *(a[t] for a in per_task)) for t in range(per_task[0].shape[0])])
@@ -404,7 +404,11 @@ def query_forward(model: nn.Module, phi: Params, query_x: torch.Tensor, path: st
                             for t in range(query_x.shape[0])])
     if path == "grouped":
         return grouped_logits(model, phi, query_x)
-    return vmap(lambda p, x: functional_call(model, p, (x,)), randomness="error")(phi, query_x)
+    inside = _UNDER_VMAP.set(True)
+    try:
+        return vmap(lambda p, x: functional_call(model, p, (x,)), randomness="error")(phi, query_x)
+    finally:
+        _UNDER_VMAP.reset(inside)
 
 
 def meta_batch_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,

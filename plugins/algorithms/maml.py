@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, channels_last, meta_backward,
-                                  predict_logits, resolve_chunk, resolve_path)
+from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, meta_backward, predict_logits,
+                                          resolve_chunk, resolve_path)
+from metabench.toolkit.layout import activation_layout, resolve_channels_last
 from metabench.seeding import derive_seed, seeded
 
 
@@ -27,7 +28,7 @@ class MAML(Algorithm):
     paper = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep " \
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
-                "first_order": False, "path": "auto", "hidden": 64, "channels_last": False,
+                "first_order": False, "path": "auto", "hidden": 64, "channels_last": "auto",
                 "meta_grad_chunk": "auto", "backbone": "conv4"}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
@@ -50,15 +51,14 @@ class MAML(Algorithm):
             except ValueError as exc:
                 raise PluginError(f"{self.name}: {exc}") from None
             self.lrs = self.make_lrs(ctx)
-        # channels-last: off by default so records stay comparable (measurements: benchmarks/results/README.md)
-        self.channels_last = bool(o["channels_last"])
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         fo, lr = bool(o["first_order"]), float(o.get("inner_lr", 0.0))  # Meta-SGD has no inner_lr
         try:
             foldable = o["backbone"] == "conv4"
             self.path = resolve_path(str(o["path"]), ctx.device, ctx.ways * (ctx.shots + ctx.queries), foldable)
             self.predict_path = resolve_path(str(o["path"]), ctx.device, foldable=foldable, phase="predict")
+            # activation layout per phase; test-time adaptation is first order
+            self.train_cl = resolve_channels_last(o["channels_last"], ctx.device, self.path, not (fo or self.head_only))
+            self.test_cl = resolve_channels_last(o["channels_last"], ctx.device, self.predict_path, False)
             self.chunk = resolve_chunk(o["meta_grad_chunk"], self.path, ctx.device)
             self.train_loop = InnerLoop(int(o["inner_steps"]), lr, fo, self.head_only)
             self.test_loop = InnerLoop(int(o["test_inner_steps"]), lr, True, self.head_only)
@@ -67,10 +67,6 @@ class MAML(Algorithm):
         self.params: Params = dict(self.model.named_parameters())
         meta = list(self.params.values()) + (list(self.lrs.values()) if self.lrs else [])
         self.opt = torch.optim.Adam(meta, lr=float(o["outer_lr"]))
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in the memory format the model was set up for (option ``channels_last``)."""
-        return channels_last(x) if self.channels_last else x
 
     def make_lrs(self, ctx: RunContext) -> Params | None:
         """Per-parameter inner learning rates (Meta-SGD); ``None`` uses the scalar ``inner_lr``."""
@@ -86,16 +82,17 @@ class MAML(Algorithm):
         up to round-off); 0 is one backward over the meta-batch; ``"auto"`` (default) is
         :func:`~metabench.toolkit.inner_loop.resolve_chunk`'s per-path, per-device choice."""
         self.opt.zero_grad(set_to_none=True)
-        losses = meta_backward(self.model, self.params, self.layout(batch.support_x), batch.support_y,
-                               self.layout(batch.query_x), batch.query_y, self.train_loop, self.lrs, self.path,
-                               self.chunk)
+        with activation_layout(self.train_cl):
+            losses = meta_backward(self.model, self.params, batch.support_x, batch.support_y, batch.query_x,
+                                   batch.query_y, self.train_loop, self.lrs, self.path, self.chunk)
         self.opt.step()
         return losses
 
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits ``[T, N*Q, ways]`` after ``test_inner_steps`` steps on each support set."""
-        return predict_logits(self.model, self.params, self.layout(support_x), support_y, self.layout(query_x),
-                              ways, self.test_loop, self.predict_path, self.name, self.lrs)
+        with activation_layout(self.test_cl):
+            return predict_logits(self.model, self.params, support_x, support_y, query_x, ways, self.test_loop,
+                                  self.predict_path, self.name, self.lrs)
 
     @torch.no_grad()
     def embed(self, x):

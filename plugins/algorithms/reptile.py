@@ -18,6 +18,7 @@ import torch
 from metabench import Algorithm, Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
 from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, check_path, meta_batch_adapt, predict_logits,
                                           resolve_path)
+from metabench.toolkit.layout import activation_layout, resolve_channels_last
 from metabench.seeding import derive_seed, seeded
 
 
@@ -41,7 +42,8 @@ class Reptile(Algorithm):
     paper = "Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning Algorithms, arXiv:1803.02999"
     defaults = {"inner_lr": 1e-3, "inner_optimizer": "adam", "inner_steps": 5, "inner_batch": 10,
                 "test_inner_steps": 50, "test_inner_batch": 5, "outer_step": 1.0, "outer_step_final": 0.0,
-                "total_steps": 0, "path": "auto", "hidden": 64, "backbone": "conv4"}
+                "total_steps": 0, "path": "auto", "hidden": 64, "backbone": "conv4",
+                "channels_last": "auto"}
     claims = Claim.grid("Nichol et al. 2018 (Reptile + transduction)", "Table 2", "omniglot",
                         {(5, 1): (97.68, 0.04), (5, 5): (99.48, 0.06), (20, 1): (89.43, 0.14),
                          (20, 5): (97.12, 0.32)},
@@ -66,6 +68,8 @@ class Reptile(Algorithm):
             check_path(self.model, self.path)
             foldable = o["backbone"] == "conv4"
             self.predict_path = resolve_path(str(o["path"]), ctx.device, foldable=foldable, phase="predict")
+            self.train_cl = resolve_channels_last(o["channels_last"], ctx.device, self.path, False)
+            self.test_cl = resolve_channels_last(o["channels_last"], ctx.device, self.predict_path, False)
             self.train_loop = InnerLoop(int(o["inner_steps"]), float(o["inner_lr"]), True,
                                         optimizer=str(o["inner_optimizer"]), minibatches=True)
             self.test_loop = InnerLoop(int(o["test_inner_steps"]), float(o["inner_lr"]), True,
@@ -96,7 +100,8 @@ class Reptile(Algorithm):
         y = torch.cat([batch.support_y, batch.query_y], 1)
         xb, yb = minibatches(x, y, self.train_loop.steps, self.batch, self.train_gen)
         theta = {k: v.detach() for k, v in self.params.items()}
-        phis, losses = meta_batch_adapt(self.model, theta, xb, yb, self.train_loop, self.path)
+        with activation_layout(self.train_cl):
+            phis, losses = meta_batch_adapt(self.model, theta, xb, yb, self.train_loop, self.path)
         eps = self.outer_step_size(step)
         with torch.no_grad():
             for k, p in self.params.items():
@@ -106,8 +111,9 @@ class Reptile(Algorithm):
     def predict(self, support_x, support_y, query_x, ways):
         """Query logits after ``test_inner_steps`` Adam steps on minibatches of the support set."""
         xb, yb = minibatches(support_x, support_y, self.test_loop.steps, self.test_batch, self.test_gen)
-        return predict_logits(self.model, self.params, xb, yb, query_x, ways, self.test_loop, self.predict_path,
-                              self.name)
+        with activation_layout(self.test_cl):
+            return predict_logits(self.model, self.params, xb, yb, query_x, ways, self.test_loop,
+                                  self.predict_path, self.name)
 
     @torch.no_grad()
     def embed(self, x):
