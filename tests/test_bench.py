@@ -32,6 +32,9 @@ def test_bench_json_has_the_documented_keys(capsys):
     assert {r["path"] for r in rows} == {"loop", "batched", "grouped", "auto"}
     by_path = {r["path"]: r for r in rows}
     assert by_path["loop"]["speedup_vs_reference"] == 1.0 and by_path["loop"]["train_queries"] == 1
+    # ANIL meta-trains first order: channels-last on the grouped path auto picks for 6-image tasks, not the loop
+    assert (by_path["loop"]["train_channels_last"], by_path["loop"]["predict_channels_last"]) == (False, False)
+    assert (by_path["auto"]["train_channels_last"], by_path["auto"]["predict_channels_last"]) == (True, True)
     for r in rows:  # the loop's counted arithmetic over each path's own time
         assert r["train_peak_mem_mb"] > 0 and r["adapt_peak_mem_mb"] > 0 and r["matmul_gflop_per_s"] > 0
         assert 0 <= r["train_mem_over_start_mb"] <= r["train_peak_mem_mb"] and r["cuda_graph"] is False

@@ -162,7 +162,8 @@ def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBat
             "train_peak_mem_mb": train_mb, "adapt_peak_mem_mb": adapt_mb, "peak_mem_mb": max(train_mb, adapt_mb),
             "train_mem_over_start_mb": train_mb - start_mb, "cuda_graph": cuda_graph,
             "train_path": getattr(alg, "path", None), "predict_path": getattr(alg, "predict_path", None),
-            "meta_grad_chunk": getattr(alg, "chunk", None)}
+            "meta_grad_chunk": getattr(alg, "chunk", None), "train_channels_last": getattr(alg, "train_cl", None),
+            "predict_channels_last": getattr(alg, "test_cl", None)}
 
 
 def count_flops(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
@@ -205,7 +206,8 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     ``cuda_graph``, ``variant``, ``train_gflop_per_s``,
     ``adapt_gflop_per_s``, ``matmul_gflop_per_s``, ``matmul_fraction``, ``adapt_matmul_fraction`` and
     ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option), ``train_path``,
-    ``predict_path`` and ``meta_grad_chunk`` (as the built algorithm resolved them); ``auto`` rows also carry
+    ``predict_path``, ``meta_grad_chunk``, ``train_channels_last`` and ``predict_channels_last`` (as the built
+    algorithm resolved them; ``None`` where it has no such setting); ``auto`` rows also carry
     ``resolves_to`` (the training path). Paths timed: ``loop`` always, the other ``paths``, and ``auto``.
     ``autocast`` and ``cuda_graph`` as in :func:`time_algorithm` (``variant`` names them in the rows).
     ``rounds`` > 1 measures the paths of an algorithm in turn that many times (interleaved, so that a change
