@@ -20,7 +20,7 @@ from metabench_plugins.algorithms.anil import ANIL
 from metabench_plugins.algorithms.fomaml import FOMAML
 from metabench_plugins.algorithms.maml import MAML
 from metabench_plugins.algorithms.metasgd import MetaSGD
-from metabench_plugins.algorithms.reptile import Reptile, minibatches
+from metabench_plugins.algorithms.reptile import Reptile, minibatches, resolve_task_chunk
 
 T, N, K, Q, SHAPE = 3, 3, 2, 2, (1, 8, 8)  # 8x8 images: three pooled blocks, one unpooled
 PATHS = ["loop", "batched", "grouped"]
@@ -173,18 +173,19 @@ def test_anil_adapts_only_the_head_and_matches_reference(f64, path):
     assert float(grads[0].abs().max()) > 0, "the outer loop trains the backbone"
 
 
-def _reptile(path: str, optimizer: str) -> Reptile:
+def _reptile(path: str, optimizer: str, chunk: int | str = "auto") -> Reptile:
     alg = Reptile()
     opts = Reptile.resolve_options({"path": path, "hidden": 8, "inner_steps": 3, "inner_batch": 4,
-                                    "inner_optimizer": optimizer, "inner_lr": 0.01, "total_steps": 10})
+                                    "inner_optimizer": optimizer, "inner_lr": 0.01, "total_steps": 10,
+                                    "task_chunk": chunk})
     alg.setup(RunContext(torch.device("cpu"), 5, N, K, Q, SHAPE, opts))
     return alg
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-@pytest.mark.parametrize("path", PATHS)
-def test_reptile_outer_update_matches_reference(f64, path, optimizer):
-    alg, (sx, sy, qx, qy) = _reptile(path, optimizer), _episodes()
+@pytest.mark.parametrize("path,chunk", [(p, "auto") for p in PATHS] + [("grouped", 2), ("batched", 0)])
+def test_reptile_outer_update_matches_reference(f64, path, chunk, optimizer):
+    alg, (sx, sy, qx, qy) = _reptile(path, optimizer, chunk), _episodes()
     theta = {k: v.detach().clone() for k, v in alg.params.items()}
     gen = torch.Generator().set_state(alg.train_gen.get_state())
     xb, yb = minibatches(torch.cat([sx, qx], 1), torch.cat([sy, qy], 1), 3, 4, gen)
@@ -267,9 +268,9 @@ def test_channels_last_auto_resolves_per_phase_and_device():
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="channels_last"):
             resolve_channels_last(bad, "cpu", "grouped", False)
-    # tasks of N * (K + Q) = 12 images meta-train on grouped; Reptile meta-trains on the loop
+    # tasks of N * (K + Q) = 12 images meta-train on grouped, and so does Reptile (minibatches of 10)
     expected = {MAML: (False, True), MetaSGD: (False, True), FOMAML: (True, True), ANIL: (True, True),
-                Reptile: (False, True)}
+                Reptile: (True, True)}
     for cls, phases in expected.items():
         alg = cls()
         alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE, cls.resolve_options({"hidden": 4})))
@@ -298,6 +299,10 @@ def test_paths_and_plugin_defaults():
     for bad in (-1, "4", 1.5, True):
         with pytest.raises(ValueError, match="meta_grad_chunk"):
             resolve_chunk(bad, "loop", "cpu")
+        with pytest.raises(ValueError, match="task_chunk"):
+            resolve_task_chunk(bad, "grouped", "cpu")
+    assert resolve_task_chunk("auto", "grouped", "cpu") == CPU_CHUNK
+    assert resolve_task_chunk("auto", "loop", "cpu") == 1 and resolve_task_chunk("auto", "batched", "cuda") == 0
     with pytest.raises(ValueError, match="phase"):
         resolve_path("auto", "cpu", phase="test")
     assert MAML.defaults["inner_lr"] == 0.4 and MAML.defaults["test_inner_steps"] > MAML.defaults["inner_steps"]
