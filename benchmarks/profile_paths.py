@@ -13,6 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from metabench.contracts import RunContext
+from metabench.engine import memory
 from metabench.execution.bench import resolve_algorithms, synthetic_batch
 
 
@@ -27,6 +28,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=12)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    memory.keep_freed_heap()  # as metabench's command line does
     device = torch.device(a.device)
     (cls,) = resolve_algorithms([a.algorithm])
     batch = synthetic_batch(a.tasks, 5, 1, a.train_queries, (1, 28, 28), device)

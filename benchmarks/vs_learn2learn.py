@@ -248,6 +248,7 @@ def main() -> int:
         print(f"learn2learn is not importable ({exc}); see this script's docstring", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
+    memory.keep_freed_heap()  # as metabench's command line does; both implementations share this process
     paths = a.paths.split(",")
     agree = agreement(paths)
     print("float64 meta-gradient vs learn2learn, max relative difference:", agree, flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from metabench.engine import memory
 from metabench.commands import (bench, check_plugin, compare, evaluate, leaderboard, list_plugins, new_plugin,
                                 run, show)
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    memory.keep_freed_heap()
     return int(args.func(args) or 0)
 
 

@@ -85,12 +85,13 @@ def _train(chan: Any, spec: dict[str, Any], guard: Guard, stage: Any) -> Any:
     import torch
 
     from metabench.contracts import Budget, LabeledSplit, RunContext, UnlabeledSplit
-    from metabench.engine import checkpoint
+    from metabench.engine import checkpoint, memory
     from metabench.engine.registry import discover
     from metabench.engine.training import sync, task_stream
     from metabench.names import base_name
     from metabench.seeding import make_generator
 
+    memory.keep_freed_heap()
     torch.set_num_threads(int(spec["threads"]))
     dev = torch.device(spec["device"])
     registry = discover(spec["plugins_dirs"])
@@ -159,9 +160,11 @@ def _restore(chan: Any, spec: dict[str, Any], guard: Guard, stage: Any) -> Any:
 
     from metabench.contracts import UnlabeledSplit
     from metabench.engine.models import setup_context
+    from metabench.engine import memory
     from metabench.engine.registry import discover
     from metabench.names import base_name
 
+    memory.keep_freed_heap()
     torch.set_num_threads(int(spec["threads"]))
     dev = torch.device(spec["device"])
     registry = discover(spec["plugins_dirs"])

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from metabench.engine import memory
 from metabench.engine.records import RecordError, read_record, write_record
 from metabench.engine.registry import Registry, discover
 from metabench.engine.runner import Settings, SuiteRunner
@@ -87,6 +88,7 @@ def available_cores() -> int:
 
 
 def _worker_runner(job: Job) -> SuiteRunner:
+    memory.keep_freed_heap()
     if job.threads:
         torch.set_num_threads(job.threads)
     s = job.settings
