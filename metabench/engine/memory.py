@@ -43,8 +43,9 @@ def keep_freed_heap() -> bool:
     back to the kernel once more than 128 KiB (or twice the largest freed mmap'd block) of it is free, and
     serves large blocks with fresh mmaps; a meta-training step allocates and frees activations of a few MiB
     hundreds of times, and each comes back as zeroed pages, page-faulted in again. With blocks up to 32 MiB
-    from the heap and 1 GiB kept, a second-order MAML step on the per-task loop ran 1.2-1.5x as fast on a
-    2-core CPU (``benchmarks/results/README.md``); values do not change. Called where a process sets up to run
+    from the heap and 1 GiB kept, MAML's per-task loop meta-trained 1.09x (1 query per class) and 1.15x (15)
+    as fast and adapted 1.1-1.2x as fast on a 2-core CPU, Meta-SGD 0.96-1.07x (``benchmarks/heap_ab.py``,
+    ``benchmarks/results/README.md``); values do not change. Called where a process sets up to run
     or time work (the command line, executor and sealed workers); ``METABENCH_KEEP_HEAP=0`` leaves glibc's
     default. :func:`reset_peak` still hands kept memory back before a measurement. Returns whether the setting
     took (glibc only)."""
