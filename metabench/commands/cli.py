@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metabench.engine import memory
 from metabench.commands import (bench, check_plugin, compare, evaluate, leaderboard, list_plugins, new_plugin,
                                 run, show)
+from metabench.engine import memory
 
 COMMANDS = (list_plugins, show, run, leaderboard, compare, evaluate, check_plugin, new_plugin, bench)
 

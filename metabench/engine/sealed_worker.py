@@ -159,8 +159,8 @@ def _restore(chan: Any, spec: dict[str, Any], guard: Guard, stage: Any) -> Any:
     import torch
 
     from metabench.contracts import UnlabeledSplit
-    from metabench.engine.models import setup_context
     from metabench.engine import memory
+    from metabench.engine.models import setup_context
     from metabench.engine.registry import discover
     from metabench.names import base_name
 
