@@ -16,8 +16,8 @@ import math
 import torch
 
 from metabench import Algorithm, Budget, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
-from metabench.toolkit.inner_loop import (CPU_CHUNK, InnerLoop, MetaModel, Params, check_path, meta_batch_adapt,
-                                          predict_logits, resolve_path)
+from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, check_path, meta_batch_adapt, predict_logits,
+                                          resolve_chunk, resolve_path)
 from metabench.toolkit.layout import activation_layout, resolve_channels_last
 from metabench.seeding import derive_seed, seeded
 
@@ -35,16 +35,16 @@ def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, size: int,
 
 
 def resolve_task_chunk(option: int | str, path: str, device: torch.device | str) -> int:
-    """Tasks adapted together per call in meta-training, for option ``task_chunk``: an integer is kept (0: the
-    whole meta-batch); ``"auto"``: one on the ``loop``, :data:`~metabench.toolkit.inner_loop.CPU_CHUNK` (4) on
-    the other paths on CPU, all on CUDA. On CPU (``benchmarks/results/cpu2-reptile-task-chunk.json``) the
-    ``grouped`` path meta-trains 1.9-2.1x as fast as the loop with 4, 8, 16 or all 32 tasks at a time; 4 holds
-    the least memory (2.5x the loop's, against 8.3x for all 32)."""
-    if option == "auto":
-        return 1 if path == "loop" else CPU_CHUNK if torch.device(device).type == "cpu" else 0
-    if isinstance(option, bool) or not isinstance(option, int) or option < 0:
-        raise ValueError(f"task_chunk must be 'auto' or an integer >= 0, got {option!r}")
-    return option
+    """Tasks adapted together per call in meta-training, for option ``task_chunk``: the MAML family's rule for
+    ``meta_grad_chunk`` (:func:`~metabench.toolkit.inner_loop.resolve_chunk`: an integer is kept, 0 for the whole
+    meta-batch; ``"auto"``: one on the ``loop``, 4 on the other paths on CPU, all on CUDA). On CPU
+    (``benchmarks/results/cpu2-reptile-task-chunk.json``) the ``grouped`` path meta-trains 1.9-2.1x as fast as
+    the loop with 4, 8, 16 or all 32 tasks at a time; 4 holds the least memory (2.5x the loop's, against 8.3x
+    for all 32)."""
+    try:
+        return resolve_chunk(option, path, device)
+    except ValueError:
+        raise ValueError(f"task_chunk must be 'auto' or an integer >= 0, got {option!r}") from None
 
 
 class Reptile(Algorithm):
@@ -118,13 +118,13 @@ class Reptile(Algorithm):
         chunk = self.chunk if 0 < self.chunk < tasks else tasks
         total: Params = {k: torch.zeros_like(v) for k, v in theta.items()}
         losses = []
-        for s in range(0, tasks, chunk):  # tasks adapted together, chunk by chunk: the memory of one chunk
-            with activation_layout(self.train_cl):
+        with activation_layout(self.train_cl):
+            for s in range(0, tasks, chunk):  # tasks adapted together, chunk by chunk: the memory of one chunk
                 phis, loss = meta_batch_adapt(self.model, theta, xb[s:s + chunk], yb[s:s + chunk], self.train_loop,
                                               self.path)
-            for k in total:
-                total[k] += phis[k].detach().sum(0)
-            losses.append(loss.detach())
+                for k in total:
+                    total[k] += phis[k].detach().sum(0)
+                losses.append(loss.detach())
         eps = self.outer_step_size(step)
         with torch.no_grad():
             for k, p in self.params.items():
