@@ -40,11 +40,15 @@ def _alg(cls, path: str):
     return alg
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("cls", [MAML, FOMAML, MetaSGD, ANIL, Reptile])
-def test_batched_adaptation_predicts_the_per_episode_logits(f64, cls, fold, monkeypatch):
+def test_batched_adaptation_predicts_the_per_episode_logits(f64, cls, fold, chunked, monkeypatch):
     # after adapting together, the query sets run per episode (CPU's rule) or folded into one pass (CUDA's)
     monkeypatch.setattr(inner_loop, "fold_queries", lambda device: fold)
+    if chunked:  # a pixel budget of 3 episodes' inner steps: the 4 episodes are adapted 3, then 1
+        per_step = (3 if cls is Reptile else N * K) * SHAPE[1] * SHAPE[2]
+        monkeypatch.setattr(inner_loop, "PREDICT_MAX_PIXELS", 3 * per_step + per_step // 2)
     sx, sy, qx = _episodes()
     ref_alg = _alg(cls, "loop")
     ref = ref_alg.predict(sx, sy, qx, N)  # the loop adapts episode by episode
@@ -62,3 +66,14 @@ def test_batched_adaptation_predicts_the_per_episode_logits(f64, cls, fold, monk
         tol = 1e-7 if cls is Reptile else 1e-10
         torch.testing.assert_close(got, ref, rtol=0, atol=tol * float(ref.abs().max()))
         assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_predict_chunk_bounds_the_support_pixels_of_an_inner_step():
+    def rows(*shape):  # shapes only
+        return torch.empty(shape, device="meta")
+    budget = inner_loop.PREDICT_MAX_PIXELS
+    assert inner_loop.predict_chunk(rows(50, 5, 1, 28, 28), False) == budget // (5 * 28 * 28)
+    # with minibatches (Reptile) a step sees B images, not the steps x B drawn
+    assert inner_loop.predict_chunk(rows(50, 50, 5, 1, 28, 28), True) == budget // (5 * 28 * 28)
+    assert inner_loop.predict_chunk(rows(50, 25, 3, 84, 84), False) == 1  # over budget: one at a time
+    assert inner_loop.predict_chunk(rows(3, 1, 1, 4, 4), False) >= 3

@@ -17,8 +17,9 @@ legal. Under ``vmap`` with second-order gradients it is computed from elementary
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,20 @@ PATHS = ("auto", "batched", "loop", "grouped")
 
 _ELEMENTARY_BN: contextvars.ContextVar[bool] = contextvars.ContextVar("metabench_elementary_bn", default=False)
 _UNDER_VMAP: contextvars.ContextVar[bool] = contextvars.ContextVar("metabench_under_vmap", default=False)
+
+
+@contextlib.contextmanager
+def _vmapping(elementary_bn: bool | None = None) -> Iterator[None]:
+    """Tell :class:`TaskBatchNorm2d` that it runs under ``vmap`` within the block (and, unless
+    ``elementary_bn`` is None, whether to use its elementary form)."""
+    inside = _UNDER_VMAP.set(True)
+    token = _ELEMENTARY_BN.set(elementary_bn) if elementary_bn is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _ELEMENTARY_BN.reset(token)
+        _UNDER_VMAP.reset(inside)
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):
@@ -131,8 +146,8 @@ def resolve_path(path: str, device: torch.device | str, task_images: int | None 
     ``auto`` is a rule measured with ``metabench bench`` (figures in ``benchmarks/results/README.md``): on
     CUDA the batched path, one launch for every task; on CPU, meta-training on ``grouped`` for tasks of at
     most :data:`GROUPED_MAX_TASK_IMAGES` images, else the per-task loop, and adaptation on ``grouped`` (the
-    episodes of an evaluation batch adapted together: 1.2-1.6x per-episode adaptation for MAML, 1.3-1.5x for
-    Reptile). ``grouped`` is chosen only for a backbone it can fold (``foldable``: Conv-4).
+    episodes of an evaluation batch adapted together, :func:`predict_chunk` at a time: 1.8-2.4x per-episode
+    adaptation for every learner). ``grouped`` is chosen only for a backbone it can fold (``foldable``: Conv-4).
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -290,12 +305,8 @@ def over_tasks(fn: Callable[..., Any], shared: tuple, per_task: tuple, path: str
     """
     if path == "batched":
         in_dims = (None,) * len(shared) + (0,) * len(per_task)
-        token, inside = _ELEMENTARY_BN.set(second_order), _UNDER_VMAP.set(True)
-        try:
+        with _vmapping(elementary_bn=second_order):
             return vmap(fn, in_dims=in_dims, randomness="error")(*shared, *per_task)
-        finally:
-            _ELEMENTARY_BN.reset(token)
-            _UNDER_VMAP.reset(inside)
     if path != "loop":
         raise ValueError(f"path must be 'batched' or 'loop' here, got {path!r}")
     return _stack([fn(*shared, *(a[t] for a in per_task)) for t in range(per_task[0].shape[0])])
@@ -359,6 +370,25 @@ def meta_backward(model: nn.Module, params: Params, support_x: torch.Tensor, sup
     return torch.cat(out)
 
 
+#: On CPU, test-time adaptation on ``grouped`` / ``batched`` adapts the episodes of an evaluation batch together
+#: in chunks of at most this many support pixels per inner step (images x height x width: 100 Omniglot-sized
+#: 28x28 images), so that its memory does not grow with ``eval_batch`` or the image size. Measured on a 2-core
+#: CPU (Conv-4, ``grouped``, ms per episode by episodes per call; ``benchmarks/results/README.md``): the gain
+#: of adapting together stops at 40-100 28x28 support images per step and turns into a loss beyond (MAML
+#: 5-way 5-shot: 8 episodes 44.8 ms, 16: 58.9, 48: 74.1; 84x84 5-way 1-shot: 2 episodes 319 ms, 4: 393).
+PREDICT_MAX_PIXELS = 100 * 28 * 28
+
+
+def predict_chunk(support_x: torch.Tensor, minibatches: bool) -> int:
+    """Episodes :func:`predict_logits` adapts together on ``grouped`` / ``batched``: all of them on CUDA; on
+    CPU as many as keep one inner step within :data:`PREDICT_MAX_PIXELS` support pixels (at least one).
+    ``support_x`` is ``[T, S, C, H, W]`` (``[T, steps, B, C, H, W]`` with ``minibatches``)."""
+    if support_x.device.type == "cuda":
+        return support_x.shape[0]
+    per_step = support_x.shape[2 if minibatches else 1] * support_x.shape[-2] * support_x.shape[-1]
+    return max(1, PREDICT_MAX_PIXELS // per_step)
+
+
 def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                    query_x: torch.Tensor, ways: int, cfg: InnerLoop, path: str, who: str,
                    lrs: Params | None = None) -> torch.Tensor:
@@ -367,8 +397,9 @@ def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, su
     support set; gradients are enabled for the inner loop even under ``torch.no_grad``.
 
     On ``loop`` each episode is adapted and then predicts in turn. On ``batched`` / ``grouped`` the episodes
-    of the evaluation batch are adapted together (no outer graph is built: the adapted parameters are
-    detached), then their query sets go through the network as :func:`query_forward` decides per device.
+    of the evaluation batch are adapted together, :func:`predict_chunk` of them at a time (no outer graph is
+    built: the adapted parameters are detached), then their query sets go through the network as
+    :func:`query_forward` decides per device.
     """
     params = fit_head({k: v.detach() for k, v in params.items()}, ways, who)
     lrs = fit_head({k: v.detach() for k, v in lrs.items()}, ways, who) if lrs else None
@@ -376,6 +407,15 @@ def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, su
         with torch.enable_grad():
             _, logits = meta_batch_query(model, params, support_x, support_y, query_x, None, cfg, lrs, path)
         return logits.detach()
+    chunk = predict_chunk(support_x, cfg.minibatches)
+    return torch.cat([_predict_together(model, params, support_x[s:s + chunk], support_y[s:s + chunk],
+                                        query_x[s:s + chunk], cfg, path, lrs)
+                      for s in range(0, support_y.shape[0], chunk)])
+
+
+def _predict_together(model: nn.Module, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                      query_x: torch.Tensor, cfg: InnerLoop, path: str, lrs: Params | None) -> torch.Tensor:
+    """:func:`predict_logits` for episodes adapted in one call on ``grouped`` or ``batched``."""
     with torch.enable_grad():
         if path == "grouped":
             phi, _ = adapt_grouped(model, params, support_x, support_y, cfg, lrs)
@@ -404,11 +444,8 @@ def query_forward(model: nn.Module, phi: Params, query_x: torch.Tensor, path: st
                             for t in range(query_x.shape[0])])
     if path == "grouped":
         return grouped_logits(model, phi, query_x)
-    inside = _UNDER_VMAP.set(True)
-    try:
+    with _vmapping():
         return vmap(lambda p, x: functional_call(model, p, (x,)), randomness="error")(phi, query_x)
-    finally:
-        _UNDER_VMAP.reset(inside)
 
 
 def meta_batch_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, cfg: InnerLoop,

@@ -44,11 +44,12 @@ def resolve_channels_last(option: bool | str, device: torch.device | str, path: 
     """Whether a phase (meta-training or test-time adaptation) computes channels-last, for option
     ``channels_last``: ``True`` / ``False`` as given; ``"auto"``: on CPU where it runs on the ``grouped`` path
     (``path``, resolved) and differentiates the convolutions only once (``second_order`` false: first-order
-    meta-training, test-time adaptation), else contiguous. Measured with interleaved rounds on a 2-core CPU
-    (Conv-4, Omniglot-sized 5-way tasks, meta-batch 32; ``benchmarks/results/README.md``): on ``grouped``,
-    channels-last meta-trains FOMAML 1.5x and Reptile 1.4x as fast and adapts 1.3-1.6x as fast; it is slower
-    for second-order meta-training (0.8x: batch norm's double backward mixes the layouts) and on the per-task
-    loop at 10 images per task (0.9x); on CUDA it is not measured."""
+    meta-training, test-time adaptation), else contiguous. Measured on a 2-core CPU (Conv-4, Omniglot-sized
+    5-way tasks, meta-batch 32; ``benchmarks/results/README.md``, "Channels-last activations where they pay"):
+    on ``grouped`` it took FOMAML's meta-training from 1.37x to 1.84x the loop and test-time adaptation from
+    1.13-1.68x to 1.78-2.18x per-episode adaptation (``cpu2-issue16-auto-rule-tq1.json`` against
+    ``cpu2-layout-tq1.json``); it slowed second-order meta-training on ``grouped`` (0.8x: batch norm's double
+    backward mixes the layouts) and the per-task loop at 10 images per task (0.9x); on CUDA it is not measured."""
     if option not in CHOICES or not isinstance(option, (bool, str)):
         raise ValueError(f"channels_last must be one of {list(CHOICES)}, got {option!r}")
     if option != "auto":
