@@ -1,50 +1,40 @@
-"""A meta-batch's tasks on parallel Python threads (one intra-op thread each) against one thread that uses
-every core inside each operation: a probe for a future meta-training path, not yet used by any learner.
+"""A meta-batch's tasks on parallel Python threads, one intra-op thread each
+(:mod:`metabench.toolkit.task_threads`), against one thread that uses every core inside each operation.
 
-Each worker thread takes a fixed, contiguous share of the tasks and runs the toolkit's own
-:func:`metabench.toolkit.inner_loop.meta_backward` on it, with its own copy of the model (``functional_call``
-swaps a module's parameters while it runs, so two threads must not share one) and its own leaf copies of
-the meta-parameters, and sets its own intra-op thread count to one (``torch.set_num_threads`` is per
-calling thread under OpenMP: set from the main thread and back, it left later single-threaded steps 2x
-slower); the shares' gradients are then added in a fixed order. torch releases the GIL inside
-its kernels and runs a CPU backward on the calling thread, so the shares overlap. Reported per
-(learner, query count, path): meta-training tasks/s of both, their ratio, the memory a step adds, and the
-largest difference between the two meta-gradients relative to each gradient's norm (round-off only: the
-reductions are split differently).
+Both run the toolkit's :func:`metabench.toolkit.inner_loop.meta_backward` (the threaded one on each thread's
+share of the tasks, with its own model copy, shares' gradients added in a fixed order). Reported per (learner,
+query count, path): meta-training tasks/s of both, their ratio, the memory a step adds, and the largest
+difference between the two meta-gradients relative to each gradient's norm.
 
     python benchmarks/task_threads.py [--train-queries 1 15] [--paths loop,grouped] [--rounds 3] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from metabench.engine import memory
 from metabench.execution.bench import synthetic_batch
-from metabench.toolkit.inner_loop import (
-    InnerLoop,
-    MetaModel,
-    meta_backward,
-    resolve_chunk,
-)
+from metabench.toolkit import task_threads
+from metabench.toolkit.inner_loop import InnerLoop, MetaModel, meta_backward, resolve_chunk
 from metabench.toolkit.layout import activation_layout
+from metabench.toolkit.task_threads import TaskThreads
 
 LEARNERS = {"maml": InnerLoop(1, 0.4, False), "fomaml": InnerLoop(1, 0.4, True)}
 
 
-def meta_grad(model, base, batch, lo: int, hi: int, cfg: InnerLoop, path: str, tasks: int) -> dict:
-    """The meta-gradient share of tasks ``lo:hi`` (their loss sum over ``tasks``), on fresh leaf copies."""
+def meta_grad(backward, base, batch, cfg: InnerLoop, path: str) -> dict:
+    """The meta-gradient of ``batch`` by ``backward`` (a ``meta_backward``), on fresh leaf copies of ``base``,
+    in the default step's layout and chunking."""
     p = {k: v.detach().requires_grad_() for k, v in base.items()}
     with activation_layout(path == "grouped" and cfg.first_order):  # the auto layout rule
-        meta_backward(model, p, batch.support_x[lo:hi], batch.support_y[lo:hi], batch.query_x[lo:hi],
-                      batch.query_y[lo:hi], cfg, None, path, resolve_chunk("auto", path, "cpu"))
-    return {k: v.grad * (hi - lo) / tasks for k, v in p.items()}
+        backward(p, batch.support_x, batch.support_y, batch.query_x, batch.query_y, cfg, None, path,
+                 resolve_chunk("auto", path, "cpu"))
+    return {k: v.grad for k, v in p.items()}
 
 
 def main() -> None:
@@ -62,21 +52,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = MetaModel((1, 28, 28), 5, hidden=64)
     base = {k: v.detach() for k, v in model.named_parameters()}
-    copies = [copy.deepcopy(model) for _ in range(cores)]
-    pool = ThreadPoolExecutor(cores)
+    threads = TaskThreads(model, cores)
     tasks, rows = a.meta_batch, []
 
     def one_thread(batch, cfg, path):
-        return meta_grad(model, base, batch, 0, tasks, cfg, path, tasks)
-
-    def share(i, batch, cfg, path, edges):
-        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: set in the worker itself
-        return meta_grad(copies[i], base, batch, edges[i], edges[i + 1], cfg, path, tasks)
+        return meta_grad(lambda *args: meta_backward(model, *args), base, batch, cfg, path)
 
     def threaded(batch, cfg, path):
-        edges = [round(i * tasks / cores) for i in range(cores + 1)]
-        shares = list(pool.map(lambda i: share(i, batch, cfg, path, edges), range(cores)))
-        return {k: sum(s[k] for s in shares) for k in shares[0]}  # a fixed order: deterministic
+        return meta_grad(lambda *args: task_threads.meta_backward(threads, *args), base, batch, cfg, path)
 
     for tq in a.train_queries:
         batch = synthetic_batch(tasks, 5, 1, tq, (1, 28, 28), cpu)
