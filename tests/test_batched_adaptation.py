@@ -18,14 +18,6 @@ T, N, K, Q, SHAPE = 4, 3, 2, 3, (1, 8, 8)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _episodes():
     g = torch.Generator().manual_seed(5)
     sx, qx = torch.rand(T, N * K, *SHAPE, generator=g), torch.rand(T, N * Q, *SHAPE, generator=g)

@@ -29,14 +29,6 @@ PATHS = ["loop", "batched", "grouped"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _model(ways: int = N) -> MetaModel:
     torch.manual_seed(0)
     return MetaModel(SHAPE, ways, hidden=8)

@@ -13,14 +13,6 @@ from metabench.toolkit.task_threads import TaskThreads
 T, N, K, Q, SHAPE = 5, 3, 2, 2, (1, 8, 8)
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _batch():
     g = torch.Generator().manual_seed(3)
     sx, qx = torch.rand(T, N * K, *SHAPE, generator=g), torch.rand(T, N * Q, *SHAPE, generator=g)
