@@ -422,6 +422,22 @@ def test_meta_grad_chunk_option_trains_like_one_backward(f64):
         torch.testing.assert_close(after[1][1][k], v, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("cls,path", [(MAML, "grouped"), (FOMAML, "loop"), (MetaSGD, "loop"), (ANIL, "grouped")])
+def test_task_threads_option_trains_like_one_thread(f64, cls, path):
+    sx, sy, qx, qy = _episodes()
+    after = {}
+    for threads in (1, 2):
+        alg = cls()
+        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
+                             cls.resolve_options({"path": path, "hidden": 8, "task_threads": threads})))
+        assert alg.threads == threads and (alg.pool is None) == (threads == 1)
+        losses = [alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), i) for i in range(2)]
+        after[threads] = (losses, {k: v.detach().clone() for k, v in {**alg.params, **(alg.lrs or {})}.items()})
+    assert after[2][0] == pytest.approx(after[1][0], rel=1e-12)
+    for k, v in after[1][1].items():
+        torch.testing.assert_close(after[2][1][k], v, rtol=0, atol=1e-9)
+
+
 def test_auto_resolves_the_paths_and_chunk_from_the_task_size_and_backbone():
     def built(queries, **opts):
         alg = MAML()
@@ -434,3 +450,5 @@ def test_auto_resolves_the_paths_and_chunk_from_the_task_size_and_backbone():
     assert built(2, path="batched", meta_grad_chunk=0) == ("batched", "batched", 0)
     with pytest.raises(PluginError, match="meta_grad_chunk"):
         built(2, meta_grad_chunk=-2)
+    with pytest.raises(PluginError, match="task_threads"):
+        built(2, task_threads=0)

@@ -85,3 +85,18 @@ def test_threads_run_in_the_callers_context():
     assert outside == [torch.contiguous_format] * 2
     with pytest.raises(ValueError, match="task threads"):
         TaskThreads(torch.nn.Linear(1, 1), 0)
+
+
+def test_auto_workers_are_one_per_intra_op_thread_on_cpu_and_one_on_cuda():
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert task_threads.resolve_workers("auto", "cpu") == n
+        assert task_threads.resolve_workers("auto", "cuda") == 1
+        assert task_threads.resolve_workers(4, "cuda") == 4
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -1, True, 1.5, "many"):
+        with pytest.raises(ValueError, match="task_threads"):
+            task_threads.resolve_workers(bad, "cpu")

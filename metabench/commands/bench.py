@@ -28,7 +28,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     head = ["algorithm", "path", "variant", "device", "ways", "shots", "train_queries", "queries", "meta_batch",
             "meta_train_tasks_per_s", "adapt_ms_per_task", "train_peak_mem_mb", "train_mem_over_start_mb",
             "adapt_peak_mem_mb",
-            "train_gflop_per_s", "matmul_fraction", "speedup_vs_reference"]
+            "train_gflop_per_s", "matmul_fraction", "task_threads", "speedup_vs_reference"]
     body = [[path(r) if k == "path" else fmt(r.get(k)) for k in head] for r in rows]
     return tabulate(body, headers=[h.replace("_", " ") for h in head], tablefmt="simple")
 

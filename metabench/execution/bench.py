@@ -162,18 +162,25 @@ def time_algorithm(cls: type[Algorithm], device: torch.device, batch: EpisodeBat
             "train_peak_mem_mb": train_mb, "adapt_peak_mem_mb": adapt_mb, "peak_mem_mb": max(train_mb, adapt_mb),
             "train_mem_over_start_mb": train_mb - start_mb, "cuda_graph": cuda_graph,
             "train_path": getattr(alg, "path", None), "predict_path": getattr(alg, "predict_path", None),
-            "meta_grad_chunk": getattr(alg, "chunk", None), "train_channels_last": getattr(alg, "train_cl", None),
-            "predict_channels_last": getattr(alg, "test_cl", None)}
+            "meta_grad_chunk": getattr(alg, "chunk", None), "task_threads": getattr(alg, "threads", None),
+            "train_channels_last": getattr(alg, "train_cl", None), "predict_channels_last": getattr(alg, "test_cl", None)}
+
+
+def reference_options(cls: type[Algorithm]) -> dict[str, Any]:
+    """The options that make ``cls`` the reference of its rows: the per-task ``loop`` on the caller's thread
+    alone (``task_threads = 1``), for the options it has (none for an algorithm without execution paths)."""
+    ref = {"path": "loop", "task_threads": 1}
+    return {k: v for k, v in ref.items() if k in cls.defaults}
 
 
 def count_flops(cls: type[Algorithm], device: torch.device, batch: EpisodeBatch, eval_batch: EpisodeBatch,
                 queries: int, options: dict[str, Any] | None = None) -> tuple[int, int]:
     """Floating-point operations of one ``train_step`` on ``batch`` and one ``predict`` on ``eval_batch``,
-    counted on the ``loop`` path where the algorithm has one (see the module docstring)."""
+    counted on the reference loop (:func:`reference_options`; torch's counter sees only the calling thread's
+    operations; see the module docstring)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    opts = {**(options or {}), **({"path": "loop"} if "path" in cls.defaults else {})}
-    alg = _build(cls, device, batch, opts)
+    alg = _build(cls, device, batch, {**(options or {}), **reference_options(cls)})
     with FlopCounterMode(display=False) as train:
         alg.train_step(batch, 0)
     with FlopCounterMode(display=False) as adapt:
@@ -206,9 +213,11 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
     ``cuda_graph``, ``variant``, ``train_gflop_per_s``,
     ``adapt_gflop_per_s``, ``matmul_gflop_per_s``, ``matmul_fraction``, ``adapt_matmul_fraction`` and
     ``speedup_vs_reference`` (``None`` for algorithms without a ``path`` option), ``train_path``,
-    ``predict_path``, ``meta_grad_chunk``, ``train_channels_last`` and ``predict_channels_last`` (as the built
-    algorithm resolved them; ``None`` where it has no such setting); ``auto`` rows also carry
-    ``resolves_to`` (the training path). Paths timed: ``loop`` always, the other ``paths``, and ``auto``.
+    ``predict_path``, ``meta_grad_chunk``, ``task_threads``, ``train_channels_last`` and ``predict_channels_last``
+    (as the built algorithm resolved them; ``None`` where it has no such setting); ``auto`` rows also carry
+    ``resolves_to`` (the training path). Paths timed: ``loop`` always, the other ``paths``, and ``auto``. The
+    ``loop`` row, the reference, runs the tasks on the caller's thread (``task_threads = 1``, where the
+    algorithm has that option) whatever ``options`` say; the other rows take ``options`` as given.
     ``autocast`` and ``cuda_graph`` as in :func:`time_algorithm` (``variant`` names them in the rows).
     ``rounds`` > 1 measures the paths of an algorithm in turn that many times (interleaved, so that a change
     of machine load hits every path alike) and reports each path's median rates and largest peaks.
@@ -246,7 +255,7 @@ def run_bench(algorithms: Sequence[str | type[Algorithm]], device: torch.device 
         runs: dict[str, list[dict[str, Any]]] = {p: [] for p in timed}
         for _ in range(rounds):
             for p in timed:
-                runs[p].append(run({**extra, "path": p}))
+                runs[p].append(run({**extra, "path": p, **(reference_options(cls) if p == "loop" else {})}))
         measured = {p: measure(r) for p, r in runs.items()}
         ref = measured["loop"]["meta_train_tasks_per_s"]
         for p, m in measured.items():

@@ -378,15 +378,21 @@ def meta_backward(model: nn.Module, params: Params, support_x: torch.Tensor, sup
 #: 5-way 5-shot: 8 episodes 44.8 ms, 16: 58.9, 48: 74.1; 84x84 5-way 1-shot: 2 episodes 319 ms, 4: 393).
 PREDICT_MAX_PIXELS = 100 * 28 * 28
 
+#: ... but at least this many episodes together, even over the pixel budget: on 84x84 5-way 5-shot episodes (4.5x
+#: the budget per episode) two at a time took 632 ms per episode and 820 MB, one at a time 889 ms and 658 MB
+#: (``cpu2-predict-chunks-84px.json``).
+PREDICT_MIN_EPISODES = 2
+
 
 def predict_chunk(support_x: torch.Tensor, minibatches: bool) -> int:
     """Episodes :func:`predict_logits` adapts together on ``grouped`` / ``batched``: all of them on CUDA; on
-    CPU as many as keep one inner step within :data:`PREDICT_MAX_PIXELS` support pixels (at least one).
-    ``support_x`` is ``[T, S, C, H, W]`` (``[T, steps, B, C, H, W]`` with ``minibatches``)."""
+    CPU as many as keep one inner step within :data:`PREDICT_MAX_PIXELS` support pixels, at least
+    :data:`PREDICT_MIN_EPISODES`. ``support_x`` is ``[T, S, C, H, W]`` (``[T, steps, B, C, H, W]`` with
+    ``minibatches``)."""
     if support_x.device.type == "cuda":
         return support_x.shape[0]
     per_step = support_x.shape[2 if minibatches else 1] * support_x.shape[-2] * support_x.shape[-1]
-    return max(1, PREDICT_MAX_PIXELS // per_step)
+    return max(PREDICT_MIN_EPISODES, PREDICT_MAX_PIXELS // per_step)
 
 
 def predict_logits(model: nn.Module, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,

@@ -5,7 +5,8 @@ across cores; running whole tasks side by side instead keeps every core busy (to
 kernels and runs a CPU backward on the calling thread). Measured with ``benchmarks/task_threads.py``
 (2-core CPU, meta-batch 32, two invocations, ``benchmarks/results/README.md``): second-order MAML 1.37-1.64x
 the one-thread per-task loop at 1 query per class (1.48-1.85x with the threads on ``grouped``), 1.12-1.24x at 15
-queries; with one share per thread in flight (up to twice the memory). Not yet used by a learner.
+queries; with one share per thread in flight (up to twice the memory). The MAML family runs its meta-training
+steps through it (option ``task_threads``, :func:`resolve_workers`).
 
 Three rules make it correct and reproducible: each thread runs its own copy of the model, because
 ``functional_call`` swaps a module's parameters while it runs; each thread sets its own intra-op thread count
@@ -27,6 +28,17 @@ from torch import nn
 
 from metabench.toolkit import inner_loop
 from metabench.toolkit.inner_loop import InnerLoop, Params
+
+
+def resolve_workers(option: int | str, device: torch.device | str) -> int:
+    """Threads for option ``task_threads``: an integer >= 1 is kept (1: the caller's thread alone, every core
+    inside each operation); ``"auto"`` is one per intra-op thread (``torch.get_num_threads()``) on CPU, so 1
+    where the run has one core, and 1 on CUDA (one stream launches every task's kernels already)."""
+    if option != "auto":
+        if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+            raise ValueError(f"task_threads must be 'auto' or an integer >= 1, got {option!r}")
+        return option
+    return 1 if torch.device(device).type == "cuda" else torch.get_num_threads()
 
 
 class TaskThreads:

@@ -16,7 +16,9 @@ import torch
 from metabench import Algorithm, Claim, EpisodeBatch, PluginError, RunContext, hookimpl
 from metabench.toolkit.inner_loop import (InnerLoop, MetaModel, Params, meta_backward, predict_logits,
                                           resolve_chunk, resolve_path)
+from metabench.toolkit import task_threads
 from metabench.toolkit.layout import activation_layout, resolve_channels_last
+from metabench.toolkit.task_threads import TaskThreads
 from metabench.seeding import derive_seed, seeded
 
 
@@ -29,7 +31,7 @@ class MAML(Algorithm):
             "Networks (ICML), arXiv:1703.03400"
     defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "outer_lr": 1e-3,
                 "first_order": False, "path": "auto", "hidden": 64, "channels_last": "auto",
-                "meta_grad_chunk": "auto", "backbone": "conv4"}
+                "meta_grad_chunk": "auto", "task_threads": "auto", "backbone": "conv4"}
     claims = Claim.grid("Finn et al. 2017", "Table 1", "omniglot",
                         {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)},
                         note="Table 1 (Omniglot), row 'MAML (ours)'; checked against the paper's text; "
@@ -60,10 +62,12 @@ class MAML(Algorithm):
             self.train_cl = resolve_channels_last(o["channels_last"], ctx.device, self.path, not (fo or self.head_only))
             self.test_cl = resolve_channels_last(o["channels_last"], ctx.device, self.predict_path, False)
             self.chunk = resolve_chunk(o["meta_grad_chunk"], self.path, ctx.device)
+            self.threads = task_threads.resolve_workers(o["task_threads"], ctx.device)
             self.train_loop = InnerLoop(int(o["inner_steps"]), lr, fo, self.head_only)
             self.test_loop = InnerLoop(int(o["test_inner_steps"]), lr, True, self.head_only)
         except ValueError as exc:
             raise PluginError(f"{self.name}: {exc}") from None
+        self.pool = TaskThreads(self.model, self.threads) if self.threads > 1 else None
         self.params: Params = dict(self.model.named_parameters())
         meta = list(self.params.values()) + (list(self.lrs.values()) if self.lrs else [])
         self.opt = torch.optim.Adam(meta, lr=float(o["outer_lr"]))
@@ -80,11 +84,18 @@ class MAML(Algorithm):
         """:meth:`train_step` without the host sync (CUDA-graph capturable): the per-task losses ``[T]``.
         Option ``meta_grad_chunk`` = k > 0 backpropagates k tasks at a time (less memory, the same gradient
         up to round-off); 0 is one backward over the meta-batch; ``"auto"`` (default) is
-        :func:`~metabench.toolkit.inner_loop.resolve_chunk`'s per-path, per-device choice."""
+        :func:`~metabench.toolkit.inner_loop.resolve_chunk`'s per-path, per-device choice. Option
+        ``task_threads`` = n > 1 splits the tasks between n threads (:mod:`metabench.toolkit.task_threads`,
+        each chunking its share so; ``"auto"``: one per core on CPU), the same gradient up to round-off."""
         self.opt.zero_grad(set_to_none=True)
+        b = batch
         with activation_layout(self.train_cl):
-            losses = meta_backward(self.model, self.params, batch.support_x, batch.support_y, batch.query_x,
-                                   batch.query_y, self.train_loop, self.lrs, self.path, self.chunk)
+            if self.pool is not None:
+                losses = task_threads.meta_backward(self.pool, self.params, b.support_x, b.support_y, b.query_x,
+                                                    b.query_y, self.train_loop, self.lrs, self.path, self.chunk)
+            else:
+                losses = meta_backward(self.model, self.params, b.support_x, b.support_y, b.query_x, b.query_y,
+                                       self.train_loop, self.lrs, self.path, self.chunk)
         self.opt.step()
         return losses
 
