@@ -52,6 +52,15 @@ def test_flops_are_counted_on_the_loop_path():
         flops = {p: count_flops(cls, torch.device("cpu"), batch, batch, 1, {**opts, "path": p})
                  for p in ("loop", "grouped")}
         assert flops["loop"] == flops["grouped"] and min(flops["loop"]) > 0
+        if "task_threads" in cls.defaults:  # counted on the caller's thread: threads' operations escape the counter
+            assert count_flops(cls, torch.device("cpu"), batch, batch, 1, {**opts, "task_threads": 2}) == flops["loop"]
+
+
+def test_the_reference_loop_runs_on_the_callers_thread_and_the_other_rows_as_asked():
+    rows = run_bench(["maml"], "cpu", ways=3, shots=1, queries=1, meta_batch=4, repeats=1, warmup=1,
+                     image_shape=(1, 8, 8), options={"maml": {"hidden": 4, "task_threads": 2}}, paths=("grouped",))
+    assert {r["path"]: r["task_threads"] for r in rows} == {"loop": 1, "grouped": 2, "auto": 2}
+    assert {r["path"]: r["train_path"] for r in rows} == {"loop": "loop", "grouped": "grouped", "auto": "grouped"}
 
 
 def test_gpu_check_runs_on_cpu_and_writes_its_json(tmp_path, capsys):
