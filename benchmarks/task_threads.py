@@ -21,7 +21,7 @@ from metabench.engine import memory
 from metabench.execution.bench import synthetic_batch
 from metabench.toolkit import task_threads
 from metabench.toolkit.inner_loop import InnerLoop, MetaModel, meta_backward, resolve_chunk
-from metabench.toolkit.layout import activation_layout
+from metabench.toolkit.layout import activation_layout, resolve_channels_last
 from metabench.toolkit.task_threads import TaskThreads
 
 LEARNERS = {"maml": InnerLoop(1, 0.4, False), "fomaml": InnerLoop(1, 0.4, True)}
@@ -31,7 +31,7 @@ def meta_grad(backward, base, batch, cfg: InnerLoop, path: str) -> dict:
     """The meta-gradient of ``batch`` by ``backward`` (a ``meta_backward``), on fresh leaf copies of ``base``,
     in the default step's layout and chunking."""
     p = {k: v.detach().requires_grad_() for k, v in base.items()}
-    with activation_layout(path == "grouped" and cfg.first_order):  # the auto layout rule
+    with activation_layout(resolve_channels_last("auto", "cpu", path, not cfg.first_order)):
         backward(p, batch.support_x, batch.support_y, batch.query_x, batch.query_y, cfg, None, path,
                  resolve_chunk("auto", path, "cpu"))
     return {k: v.grad for k, v in p.items()}

@@ -408,34 +408,33 @@ def test_chunked_meta_backward_gives_the_one_backward_gradient(f64, path, kind):
         _grads_close(grads[chunk], grads[0], tol=1e-12)
 
 
-def test_meta_grad_chunk_option_trains_like_one_backward(f64):
+def _trained(cls, options: dict, steps: int):
+    """``cls`` set up with ``options`` (8 hidden channels) after ``steps`` steps on :func:`_episodes`: the built
+    algorithm, its losses and its meta-parameters (Meta-SGD's rates included)."""
     sx, sy, qx, qy = _episodes()
-    after = {}
-    for chunk in (0, 1):
-        alg = MAML()
-        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
-                             MAML.resolve_options({"path": "loop", "hidden": 8, "meta_grad_chunk": chunk})))
-        loss = alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), 0)
-        after[chunk] = (loss, {k: v.detach().clone() for k, v in alg.params.items()})
-    assert after[1][0] == pytest.approx(after[0][0], rel=1e-12)
-    for k, v in after[0][1].items():
-        torch.testing.assert_close(after[1][1][k], v, rtol=0, atol=1e-9)
+    alg = cls()
+    alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE, cls.resolve_options({"hidden": 8, **options})))
+    losses = [alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), i) for i in range(steps)]
+    return alg, losses, {k: v.detach().clone() for k, v in {**alg.params, **(alg.lrs or {})}.items()}
+
+
+def _trains_alike(got, ref) -> None:
+    """Two :func:`_trained` results: the same losses to 1e-12 and meta-parameters to 1e-9."""
+    assert got[1] == pytest.approx(ref[1], rel=1e-12)
+    for k, v in ref[2].items():
+        torch.testing.assert_close(got[2][k], v, rtol=0, atol=1e-9)
+
+
+def test_meta_grad_chunk_option_trains_like_one_backward(f64):
+    _trains_alike(_trained(MAML, {"path": "loop", "meta_grad_chunk": 1}, 1),
+                  _trained(MAML, {"path": "loop", "meta_grad_chunk": 0}, 1))
 
 
 @pytest.mark.parametrize("cls,path", [(MAML, "grouped"), (FOMAML, "loop"), (MetaSGD, "loop"), (ANIL, "grouped")])
 def test_task_threads_option_trains_like_one_thread(f64, cls, path):
-    sx, sy, qx, qy = _episodes()
-    after = {}
-    for threads in (1, 2):
-        alg = cls()
-        alg.setup(RunContext(torch.device("cpu"), 0, N, K, Q, SHAPE,
-                             cls.resolve_options({"path": path, "hidden": 8, "task_threads": threads})))
-        assert alg.threads == threads and (alg.pool is None) == (threads == 1)
-        losses = [alg.train_step(EpisodeBatch(sx, sy, qx, qy, N), i) for i in range(2)]
-        after[threads] = (losses, {k: v.detach().clone() for k, v in {**alg.params, **(alg.lrs or {})}.items()})
-    assert after[2][0] == pytest.approx(after[1][0], rel=1e-12)
-    for k, v in after[1][1].items():
-        torch.testing.assert_close(after[2][1][k], v, rtol=0, atol=1e-9)
+    one, two = (_trained(cls, {"path": path, "task_threads": threads}, 2) for threads in (1, 2))
+    assert (one[0].threads, one[0].pool, two[0].threads) == (1, None, 2) and two[0].pool is not None
+    _trains_alike(two, one)
 
 
 def test_auto_resolves_the_paths_and_chunk_from_the_task_size_and_backbone():
